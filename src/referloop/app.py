@@ -1,0 +1,58 @@
+"""FastAPI app factory: middleware, error handlers, routers, lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from referloop.config import Settings, get_settings
+from referloop.core.errors import install_error_handlers, problem_responses
+from referloop.core.middleware import EdgeMiddleware
+from referloop.core.observability import configure_logging, configure_tracing
+from referloop.core.system_routes import router as system_router
+from referloop.identity.routes import router as identity_router
+from referloop.identity.staff_routes import router as identity_staff_router
+from referloop.runtime import Runtime
+
+API_DESCRIPTION = """Referloop: members refer people to programs, partners report outcomes, members earn
+into a wallet and withdraw it. Errors are `application/problem+json` (RFC 9457); lists are
+cursor-paginated; money is `{"amount": <minor units>, "currency": "INR"}`."""
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    rt = runtime or Runtime.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if runtime is None:  # a runtime handed in belongs to the caller
+            await rt.close()
+
+    app = FastAPI(
+        title="Referloop API",
+        version="0.1.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        responses=problem_responses(422, 500),
+    )
+    app.state.runtime = rt
+    install_error_handlers(app)
+    if rt.settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=rt.settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            max_age=600,
+        )
+    app.add_middleware(EdgeMiddleware, metrics=rt.metrics, access_log=rt.settings.access_log)
+    for router in (system_router, identity_router, identity_staff_router):
+        app.include_router(router)
+    configure_tracing(app, rt.db.engine, rt.settings.otel_service_name, rt.settings.otel_exporter_otlp_endpoint)
+    return app

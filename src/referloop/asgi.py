@@ -1,0 +1,5 @@
+"""ASGI entry point for uvicorn workers: `referloop.asgi:app`."""
+
+from referloop.app import create_app
+
+app = create_app()

@@ -1,0 +1,136 @@
+"""`referloop` command: serve, worker, migrate, create-staff, seed-demo, audit, outbox ..."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from referloop.config import Settings, get_settings
+from referloop.identity.models import Role
+from referloop.runtime import Runtime, resolve_service_urls
+
+app = typer.Typer(help="Referloop: referral-and-rewards backend.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+T = TypeVar("T")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _settings() -> Settings:
+    """Settings with embedded services started where no URL is configured (development)."""
+    return resolve_service_urls(get_settings())
+
+
+def with_runtime(fn: Callable[[Runtime], Awaitable[T]]) -> T:
+    async def run() -> T:
+        rt = Runtime.build(_settings())
+        try:
+            return await fn(rt)
+        finally:
+            await rt.close()
+
+    return asyncio.run(run())
+
+
+def run_migrations(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    command.upgrade(cfg, "heads")
+
+
+@app.command()
+def migrate() -> None:
+    """Apply every database migration."""
+    settings = _settings()
+    run_migrations(settings.database_url)
+    typer.echo("database is up to date")
+
+
+@app.command()
+def serve(
+    workers: Annotated[int, typer.Option(min=1, max=64, help="API worker processes")] = 1,
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+) -> None:
+    """Start the HTTP API."""
+    import os
+
+    import uvicorn
+
+    settings = _settings()
+    # Embedded services were started by this process: hand their URLs to the workers.
+    os.environ["REFERLOOP_DATABASE_URL"] = settings.database_url
+    os.environ["REFERLOOP_REDIS_URL"] = settings.redis_url
+    typer.echo(f"Referloop API on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
+    uvicorn.run("referloop.asgi:app", host=host, port=port, workers=workers, loop="uvloop", http="httptools",
+                log_config=None, access_log=False, proxy_headers=False)
+
+
+@app.command("create-staff")
+def create_staff(
+    email: Annotated[str, typer.Option(help="Staff member's email")],
+    role: Annotated[Role, typer.Option(help="support, finance or admin")] = Role.admin,
+    display_name: Annotated[str, typer.Option()] = "Staff",
+    password: Annotated[str | None, typer.Option(help="Prompted for when omitted")] = None,
+) -> None:
+    """Create a staff account (the first admin, typically). They enrol TOTP at first sign-in."""
+    if role is Role.member:
+        raise typer.BadParameter("use a staff role: support, finance or admin")
+    secret = password or getpass.getpass("Password: ")
+
+    async def run(rt: Runtime) -> str:
+        from referloop.compliance import audit
+        from referloop.core.validation import normalize_email
+        from referloop.identity.service.accounts import create_user
+
+        async with rt.db.sessionmaker() as session, session.begin():
+            user = await create_user(session, rt, email=normalize_email(email), phone=None, password=secret,
+                                     display_name=display_name, role=role)
+            await audit.record(session, action="staff.created", actor_id=None, actor_type="system",
+                               target_type="user", target_id=user.id, after={"role": role.value})
+            return str(user.id)
+
+    try:
+        user_id = with_runtime(run)
+    except Exception as exc:
+        typer.echo(f"error: {getattr(exc, 'detail', exc)}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"created {role.value} {user_id}; sign in, then enrol TOTP at POST /v1/auth/totp/enroll")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute the audit chain; exit 1 and list every changed or missing row."""
+
+    async def run(rt: Runtime) -> tuple[int, list[Any]]:
+        from referloop.compliance.audit import verify_chain
+
+        async with rt.db.sessionmaker() as session:
+            return await verify_chain(session)
+
+    count, problems = with_runtime(run)
+    for p in problems:
+        typer.echo(f"seq {p.seq}: {p.problem}", err=True)
+    if problems:
+        typer.echo(f"audit chain BROKEN: {len(problems)} problem(s) in {count} rows", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"audit chain intact: {count} rows")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

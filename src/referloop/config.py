@@ -1,0 +1,118 @@
+"""One Settings object for the whole service (env vars prefixed ``REFERLOOP_`` and ``.env``)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    development = "development"
+    test = "test"
+    production = "production"
+
+
+class EmailBackend(StrEnum):
+    file = "file"
+    smtp = "smtp"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REFERLOOP_", env_file=".env", extra="ignore")
+
+    env: Environment = Environment.development
+    var_dir: Path = Path("var")
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    # Services. Empty means "start the embedded one under var/" (development only).
+    database_url: str = ""
+    redis_url: str = ""
+    amqp_url: str = ""
+    db_pool_size: int = Field(default=20, ge=1, le=500)
+    db_max_overflow: int = Field(default=10, ge=0, le=500)
+
+    # Tokens. PEM-encoded Ed25519 private keys; the first signs, all are published and accepted.
+    jwt_private_keys: list[SecretStr] = Field(default_factory=list)
+    jwt_issuer: str = "referloop"
+    # AES-256-GCM keys for personal fields, `kid:base64key,...`; the first encrypts.
+    field_encryption_keys: SecretStr = SecretStr("")
+    access_token_ttl_seconds: int = Field(default=15 * 60, ge=60, le=3600)
+    refresh_token_ttl_days: int = Field(default=30, ge=1, le=365)
+    refresh_reuse_grace_seconds: int = Field(default=10, ge=0, le=60)
+
+    # Password hashing (Argon2id). Tests lower the cost; production keeps the defaults.
+    argon2_time_cost: int = Field(default=3, ge=1)
+    argon2_memory_cost_kib: int = Field(default=65536, ge=8)
+    argon2_parallelism: int = Field(default=4, ge=1)
+
+    # One-time codes (verification and password reset).
+    otp_code_ttl_seconds: int = Field(default=600, ge=60)
+    otp_max_attempts: int = Field(default=5, ge=1)
+
+    # Rate limits, in the `limits` library's notation ("10/minute").
+    rate_limit_enabled: bool = True
+    rate_limit_register: str = "10/hour"
+    rate_limit_login: str = "20/minute"
+    rate_limit_refresh: str = "60/minute"
+    rate_limit_verify: str = "10/minute"
+    login_failures_before_delay: int = Field(default=5, ge=1)
+    login_delay_max_seconds: int = Field(default=900, ge=1)
+
+    # HTTP
+    cors_allow_origins: list[str] = Field(default_factory=list)
+    trusted_proxy_count: int = Field(default=0, ge=0, le=5)
+
+    # Email
+    email_backend: EmailBackend = EmailBackend.file
+    email_from: str = "Referloop <no-reply@referloop.local>"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_starttls: bool = False
+    smtp_timeout_seconds: float = 10.0
+
+    # Outbox relay and consumers
+    outbox_batch_size: int = Field(default=100, ge=1, le=1000)
+    outbox_poll_interval_seconds: float = Field(default=0.5, gt=0)
+    outbox_max_attempts: int = Field(default=8, ge=1)
+    outbox_backoff_base_seconds: float = Field(default=2.0, gt=0)
+
+    # Observability
+    log_level: str = "INFO"
+    access_log: bool = True
+    otel_exporter_otlp_endpoint: str = ""
+    otel_service_name: str = "referloop"
+
+    # Fault injection for crash tests: a named point where the process exits at once.
+    fault_inject: str = ""
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.env is Environment.production:
+            missing = [
+                name
+                for name, value in (
+                    ("REFERLOOP_DATABASE_URL", self.database_url),
+                    ("REFERLOOP_REDIS_URL", self.redis_url),
+                    ("REFERLOOP_JWT_PRIVATE_KEYS", self.jwt_private_keys),
+                    ("REFERLOOP_FIELD_ENCRYPTION_KEYS", self.field_encryption_keys.get_secret_value()),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(f"production refuses to start without {', '.join(missing)}")
+        return self
+
+    @property
+    def is_development(self) -> bool:
+        return self.env is Environment.development
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

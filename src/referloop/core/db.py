@@ -1,0 +1,94 @@
+"""Engine, sessions and the declarative base shared by every domain's models."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any, NewType
+
+from sqlalchemy import DateTime, MetaData, func
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from referloop.core.ids import uuid7
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_N_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: DateTime(timezone=True), uuid.UUID: UUID(as_uuid=True)}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class IdMixin:
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid7)
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        server_default=func.now(), default=utcnow, onupdate=utcnow
+    )
+
+
+class SoftDeleteMixin:
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+# Distinct types so that mypy catches a write on a read path (read sessions may later hit a replica).
+AsyncWriteSession = NewType("AsyncWriteSession", AsyncSession)
+AsyncReadSession = NewType("AsyncReadSession", AsyncSession)
+
+
+class Database:
+    """Owns the engine and hands out sessions. One per process."""
+
+    def __init__(self, url: str, *, pool_size: int = 20, max_overflow: int = 10, **kwargs: Any) -> None:
+        self.engine: AsyncEngine = create_async_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_pre_ping=False,
+            connect_args={"server_settings": {"application_name": "referloop", "timezone": "UTC"}},
+            **kwargs,
+        )
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    async def write_session(self) -> AsyncIterator[AsyncWriteSession]:
+        """One transaction: committed when the caller finishes cleanly, rolled back on any error."""
+        async with self.sessionmaker() as session:
+            try:
+                yield AsyncWriteSession(session)
+                await session.commit()
+            except BaseException:
+                await session.rollback()
+                raise
+
+    async def read_session(self) -> AsyncIterator[AsyncReadSession]:
+        async with self.sessionmaker() as session:
+            try:
+                yield AsyncReadSession(session)
+            finally:
+                await session.rollback()
+
+
+def to_asyncpg_url(url: str) -> str:
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url

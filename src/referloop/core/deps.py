@@ -1,0 +1,74 @@
+"""FastAPI dependencies every domain shares: the runtime, the two session types, the request context."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+
+from referloop.core.context import RequestContext
+from referloop.core.db import AsyncReadSession, AsyncWriteSession
+from referloop.core.errors import AppError
+from referloop.runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    return cast(Runtime, request.app.state.runtime)
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def _write_session(request: Request) -> AsyncIterator[AsyncWriteSession]:
+    runtime = get_runtime(request)
+    async with runtime.db.sessionmaker() as session:
+        try:
+            yield AsyncWriteSession(session)
+        except AppError as exc:
+            if exc.keep_changes:
+                await session.commit()
+            else:
+                await session.rollback()
+            raise
+        except BaseException:
+            await session.rollback()
+            raise
+        else:
+            await session.commit()
+
+
+async def _read_session(request: Request) -> AsyncIterator[AsyncReadSession]:
+    runtime = get_runtime(request)
+    async with runtime.db.sessionmaker() as session:
+        try:
+            yield AsyncReadSession(session)
+        finally:
+            await session.rollback()
+
+
+# scope="function": the transaction ends before the response is sent, so a client never sees
+# success for a commit that then failed.
+WriteSession = Annotated[AsyncWriteSession, Depends(_write_session, scope="function")]
+ReadSession = Annotated[AsyncReadSession, Depends(_read_session, scope="function")]
+
+
+def client_ip(request: Request, trusted_proxies: int) -> str | None:
+    if trusted_proxies > 0:
+        forwarded = request.headers.get("x-forwarded-for")
+        if forwarded:
+            hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+            if len(hops) >= trusted_proxies:
+                return hops[-trusted_proxies]
+    return request.client.host if request.client else None
+
+
+def get_request_context(request: Request, runtime: RuntimeDep) -> RequestContext:
+    return RequestContext(
+        request_id=getattr(request.state, "request_id", None),
+        ip=client_ip(request, runtime.settings.trusted_proxy_count),
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
+ContextDep = Annotated[RequestContext, Depends(get_request_context)]

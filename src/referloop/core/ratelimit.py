@@ -1,0 +1,50 @@
+"""Rate limits in Redis, using the `limits` library's sliding-window counter.
+
+Keys use a hash tag per subject ({ip:1.2.3.4}) so a Redis Cluster keeps them on one slot."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+from referloop.core.errors import TooManyRequests
+
+
+class RateLimiter:
+    def __init__(self, redis_url: str, *, enabled: bool = True, namespace: str = "rl") -> None:
+        url = redis_url.replace("redis://", "async+redis://", 1).replace("unix://", "async+redis+unix://", 1)
+        self._storage = RedisStorage(url, implementation="redispy", key_prefix=namespace)
+        self._limiter = SlidingWindowCounterRateLimiter(self._storage)
+        self.enabled = enabled
+        self._parsed: dict[str, RateLimitItem] = {}
+
+    def _item(self, spec: str) -> RateLimitItem:
+        item = self._parsed.get(spec)
+        if item is None:
+            item = self._parsed[spec] = parse(spec)
+        return item
+
+    async def hit(self, spec: str, *identifiers: str) -> None:
+        """Count one hit; raise 429 with Retry-After when the limit is exceeded."""
+        if not self.enabled:
+            return
+        item = self._item(spec)
+        if not await self._limiter.hit(item, *identifiers):
+            stats = await self._limiter.get_window_stats(item, *identifiers)
+            raise TooManyRequests(max(1, math.ceil(stats.reset_time - time.time())))
+
+    async def check(self, spec: str, *identifiers: str) -> None:
+        """Raise 429 if the limit is already exhausted, without counting a hit."""
+        if not self.enabled:
+            return
+        item = self._item(spec)
+        if not await self._limiter.test(item, *identifiers):
+            stats = await self._limiter.get_window_stats(item, *identifiers)
+            raise TooManyRequests(max(1, math.ceil(stats.reset_time - time.time())))
+
+    async def clear(self, spec: str, *identifiers: str) -> None:
+        await self._limiter.clear(self._item(spec), *identifiers)

@@ -1,0 +1,58 @@
+from referloop.core.errors import AppError, Conflict, Forbidden, Unauthorized
+
+
+class AccountExists(Conflict):
+    code = "account_exists"
+    title = "Account already exists"
+
+
+class InvalidCredentials(Unauthorized):
+    code = "invalid_credentials"
+    title = "Invalid credentials"
+    keep_changes = True  # the audit row of the failed login stays
+
+
+class TotpRequired(Unauthorized):
+    code = "totp_required"
+    title = "TOTP code required"
+    keep_changes = True
+
+
+class InvalidToken(Unauthorized):
+    code = "invalid_token"
+    title = "Invalid or expired token"
+
+
+class RefreshTokenReused(Unauthorized):
+    code = "refresh_token_reused"
+    title = "Refresh token reused"
+    keep_changes = True  # the family stays revoked
+
+
+class StaffMfaRequired(Forbidden):
+    code = "staff_totp_required"
+    title = "Staff must sign in with TOTP"
+
+
+class InsufficientRole(Forbidden):
+    code = "insufficient_role"
+    title = "Your role does not allow this"
+
+
+class CodeRejected(AppError):
+    status_code = 400
+    code = "code_rejected"
+    title = "Code rejected"
+    keep_changes = True  # the attempt counter stays incremented
+
+
+class WeakPassword(AppError):
+    status_code = 422
+    code = "weak_password"
+    title = "Password refused"
+
+
+class NothingToVerify(AppError):
+    status_code = 409
+    code = "nothing_to_verify"
+    title = "Nothing to verify"

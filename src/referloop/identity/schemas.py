@@ -1,0 +1,162 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+from zoneinfo import available_timezones
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from referloop.core.validation import DisplayName, Email, OtpCode, Password, Phone, StrictModel
+from referloop.identity.models import KycStatus, Role
+
+ReferralCodeIn = Annotated[str, StringConstraints(min_length=4, max_length=32, pattern=r"^[A-Za-z0-9-]+$")]
+DeviceName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
+def _known_timezone(value: str) -> str:
+    if value not in _TIMEZONES:
+        raise ValueError("Unknown IANA time zone, for example Asia/Kolkata.")
+    return value
+
+
+_TIMEZONES = frozenset(available_timezones()) | {"UTC"}
+
+Locale = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$", max_length=35)]
+CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$", to_upper=True)]
+CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$", to_upper=True)]
+TimeZone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_known_timezone)]
+
+
+class RegisterRequest(StrictModel):
+    email: Email | None = None
+    phone: Phone | None = None
+    password: Password
+    display_name: DisplayName
+    referral_code: ReferralCodeIn | None = Field(
+        default=None, description="The referral code of the member who invited you."
+    )
+    device_name: DeviceName | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"email": "asha@example.com", "password": "correct horse battery",
+                          "display_name": "Asha", "referral_code": "7K3M9QXA"}]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _email_or_phone(self) -> RegisterRequest:
+        if not self.email and not self.phone:
+            raise ValueError("Give an email address, a phone number, or both.")
+        return self
+
+
+class LoginRequest(StrictModel):
+    login: Annotated[str, StringConstraints(min_length=3, max_length=254)] = Field(
+        description="Email address or phone number (international form)."
+    )
+    password: Password
+    totp_code: OtpCode | None = Field(default=None, description="Required for staff with TOTP enrolled.")
+    device_name: DeviceName | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"login": "asha@example.com", "password": "correct horse battery"}]}
+    )
+
+
+class RefreshRequest(StrictModel):
+    refresh_token: Annotated[str, StringConstraints(min_length=10, max_length=200)]
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: int = Field(description="Seconds until the access token expires.")
+    session_id: uuid.UUID
+
+
+class SessionOut(BaseModel):
+    id: uuid.UUID
+    device_name: str | None
+    ip: str | None
+    user_agent: str | None
+    created_at: datetime
+    last_used_at: datetime
+    current: bool
+
+
+class SessionList(BaseModel):
+    items: list[SessionOut]
+
+
+class CodeConfirm(StrictModel):
+    code: OtpCode
+
+
+class PasswordForgotRequest(StrictModel):
+    email: Email
+
+
+class PasswordResetRequest(StrictModel):
+    email: Email
+    code: OtpCode
+    new_password: Password
+
+
+class PasswordChangeRequest(StrictModel):
+    current_password: Password
+    new_password: Password
+
+
+class MeOut(BaseModel):
+    id: uuid.UUID
+    email: str | None
+    phone: str | None
+    display_name: str
+    role: Role
+    referral_code: str
+    email_verified: bool
+    phone_verified: bool
+    locale: str
+    country: str | None
+    timezone: str
+    preferred_currency: str | None
+    kyc_status: KycStatus
+    totp_enabled: bool
+    created_at: datetime
+
+
+class MeUpdate(StrictModel):
+    """Only these fields can be changed by the member; anything else is refused with 422."""
+
+    display_name: DisplayName | None = None
+    locale: Locale | None = None
+    country: CountryCode | None = None
+    timezone: TimeZone | None = None
+    preferred_currency: CurrencyCode | None = None
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"display_name": "Asha R", "timezone": "Asia/Kolkata"}]})
+
+
+class TotpEnrollOut(BaseModel):
+    secret: str
+    otpauth_uri: str
+
+
+class StaffMemberOut(MeOut):
+    deleted_at: datetime | None = None
+
+
+class RoleChange(StrictModel):
+    role: Role
+
+
+class KycChange(StrictModel):
+    kyc_status: KycStatus
+
+
+class Accepted(BaseModel):
+    status: Literal["accepted"] = "accepted"
+    detail: str

@@ -1,0 +1,61 @@
+"""What staff do to member accounts: search, change roles, set KYC status (until the KYC issue)."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from referloop.compliance import audit
+from referloop.core.context import RequestContext
+from referloop.core.errors import Conflict
+from referloop.core.pagination import paginate_by_id_desc, split_page
+from referloop.identity.models import KycStatus, Role, User
+from referloop.identity.service.accounts import get_user
+from referloop.identity.service.sessions import Principal
+
+
+async def search_members(
+    session: AsyncSession, *, q: str | None, role: Role | None, kyc_status: KycStatus | None,
+    cursor: str | None, limit: int,
+) -> tuple[list[User], str | None]:
+    stmt = select(User).where(User.deleted_at.is_(None))
+    if q:
+        pattern = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        stmt = stmt.where(or_(User.email.like(pattern), User.phone.like(pattern),
+                              User.referral_code == q.upper()))
+    if role:
+        stmt = stmt.where(User.role == role.value)
+    if kyc_status:
+        stmt = stmt.where(User.kyc_status == kyc_status.value)
+    rows = list((await session.scalars(paginate_by_id_desc(stmt, User.id, cursor, limit))).all())
+    return split_page(rows, limit, lambda u: [u.id])
+
+
+async def change_role(
+    session: AsyncSession, actor: Principal, user_id: uuid.UUID, role: Role, ctx: RequestContext
+) -> User:
+    user = await get_user(session, user_id)
+    if user.id == actor.user_id:
+        raise Conflict("You cannot change your own role; ask another admin.")
+    before = user.role
+    user.role = role.value
+    await audit.record(session, action="staff.role_changed", actor_id=actor.user_id, actor_type="staff",
+                       target_type="user", target_id=user.id, before={"role": before},
+                       after={"role": role.value}, ctx=ctx)
+    await session.flush()
+    return user
+
+
+async def set_kyc_status(
+    session: AsyncSession, actor: Principal, user_id: uuid.UUID, kyc_status: KycStatus, ctx: RequestContext
+) -> User:
+    user = await get_user(session, user_id)
+    before = user.kyc_status
+    user.kyc_status = kyc_status.value
+    await audit.record(session, action="staff.kyc_status_changed", actor_id=actor.user_id, actor_type="staff",
+                       target_type="user", target_id=user.id, before={"kyc_status": before},
+                       after={"kyc_status": kyc_status.value}, ctx=ctx)
+    await session.flush()
+    return user

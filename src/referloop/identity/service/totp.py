@@ -1,0 +1,50 @@
+"""TOTP (RFC 6238) enrolment and checking, with pyotp. A code is never accepted twice."""
+
+from __future__ import annotations
+
+import time
+
+import pyotp
+
+from referloop.core.db import utcnow
+from referloop.core.errors import Conflict
+from referloop.identity.models import User
+from referloop.runtime import Runtime
+
+_SECRET_CONTEXT = "users.totp_secret"
+
+
+def begin_enrolment(rt: Runtime, user: User) -> tuple[str, str]:
+    if user.totp_enabled_at is not None:
+        raise Conflict("TOTP is already enabled on this account.")
+    secret = pyotp.random_base32()
+    user.totp_secret = rt.cipher.encrypt(secret, context=_SECRET_CONTEXT)
+    label = user.email or user.phone or str(user.id)
+    uri = pyotp.TOTP(secret).provisioning_uri(name=label, issuer_name="Referloop")
+    return secret, uri
+
+
+def check_code(rt: Runtime, user: User, code: str) -> bool:
+    """True if `code` is valid now (±1 step) and newer than the last accepted one."""
+    if not user.totp_secret:
+        return False
+    totp = pyotp.TOTP(rt.cipher.decrypt(user.totp_secret, context=_SECRET_CONTEXT))
+    now = time.time()
+    for drift in (0, -1, 1):
+        at = now + drift * totp.interval
+        if totp.verify(code, for_time=at, valid_window=0):
+            step = int(at // totp.interval)
+            if user.totp_last_step is not None and step <= user.totp_last_step:
+                return False  # replay of an accepted code
+            user.totp_last_step = step
+            return True
+    return False
+
+
+def confirm_enrolment(rt: Runtime, user: User, code: str) -> bool:
+    if user.totp_enabled_at is not None:
+        raise Conflict("TOTP is already enabled on this account.")
+    if not check_code(rt, user, code):
+        return False
+    user.totp_enabled_at = utcnow()
+    return True

@@ -1,0 +1,9 @@
+"""Imports every domain's models so that Base.metadata knows all tables (Alembic, tests)."""
+
+from referloop.compliance.audit.models import AuditEntry
+from referloop.core.db import Base
+from referloop.core.outbox.models import DeadLetter, InboxRecord, OutboxEvent
+from referloop.identity.models import AuthSession, OneTimeCode, RefreshToken, User
+
+__all__ = ["AuditEntry", "AuthSession", "Base", "DeadLetter", "InboxRecord", "OneTimeCode", "OutboxEvent",
+           "RefreshToken", "User"]

@@ -1,0 +1,157 @@
+"""Test services: real PostgreSQL, Redis and RabbitMQ.
+
+Each xdist worker gets its own database, built by the Alembic migrations, and its own Redis
+database number. Tests make unique data (fresh emails, phones, IPs), so they never collide."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from referloop.app import create_app
+from referloop.cli import run_migrations
+from referloop.config import Environment, Settings
+from referloop.runtime import Runtime
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _service_url(env_var: str, default: str, port: int, name: str) -> str | None:
+    url = os.environ.get(env_var, default)
+    if _reachable(url, port):
+        return url
+    if IN_CI:
+        pytest.exit(f"{name} is not reachable at {url}: CI needs it running", returncode=3)
+    return None
+
+
+def _worker_index(worker_id: str) -> int:
+    return 0 if worker_id == "master" else int(worker_id.removeprefix("gw"))
+
+
+@pytest.fixture(scope="session")
+def worker_id_(request: pytest.FixtureRequest) -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "master")
+
+
+@pytest.fixture(scope="session")
+def database_url(worker_id_: str) -> str:
+    admin_url = _service_url("TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/postgres", 5432, "PostgreSQL")
+    if admin_url is None:
+        from referloop.core.embedded import start_embedded_postgres
+
+        admin_url = start_embedded_postgres(Path("var/test"))
+    name = f"referloop_test_{worker_id_}"
+
+    async def recreate() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(recreate())
+    parts = urlsplit(admin_url)
+    url = parts._replace(path=f"/{name}").geturl()
+    run_migrations(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url(worker_id_: str) -> str:
+    base = _service_url("TEST_REDIS_URL", "redis://127.0.0.1:6379", 6379, "Redis")
+    if base is None:
+        from referloop.core.embedded import start_embedded_redis
+
+        return start_embedded_redis(Path("var/test"))
+    return f"{base.rstrip('/').rsplit('/', 1)[0] if base.count('/') > 2 else base.rstrip('/')}/{1 + _worker_index(worker_id_) % 15}"
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    url = _service_url("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", 5672, "RabbitMQ")
+    if url is None:
+        pytest.skip("RabbitMQ is not reachable on 127.0.0.1:5672")
+    return url
+
+
+@pytest.fixture(scope="session")
+def tmp_var(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("var")
+
+
+def make_settings(database_url: str, redis_url: str, var_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "env": Environment.test,
+        "database_url": database_url,
+        "redis_url": redis_url,
+        "var_dir": var_dir,
+        # Security-only cost lowered for speed; the same Argon2id code path runs.
+        "argon2_time_cost": 1,
+        "argon2_memory_cost_kib": 64,
+        "argon2_parallelism": 1,
+        "trusted_proxy_count": 1,  # tests choose their client IP through X-Forwarded-For
+        "db_pool_size": 10,
+        "access_log": False,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, redis_url: str, tmp_var: Path) -> Settings:
+    return make_settings(database_url, redis_url, tmp_var)
+
+
+@pytest.fixture(scope="session")
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    rt = Runtime.build(settings)
+    await rt.redis.flushdb()
+    yield rt
+    await rt.close()
+
+
+@pytest.fixture(scope="session")
+def app(runtime: Runtime) -> FastAPI:
+    return create_app(runtime.settings, runtime=runtime)
+
+
+def random_ip() -> str:
+    return f"10.{random.randint(0, 255)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client with its own IP address, so rate limits of one test never touch another."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://test", headers={"X-Forwarded-For": random_ip()}
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def unique() -> Iterator[str]:
+    yield uuid.uuid4().hex[:12]
