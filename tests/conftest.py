@@ -55,13 +55,15 @@ def worker_id_(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def database_url(worker_id_: str) -> str:
+def database_url(worker_id_: str) -> Iterator[str]:
     admin_url = _service_url("TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/postgres", 5432, "PostgreSQL")
     if admin_url is None:
         from referloop.core.embedded import start_embedded_postgres
 
         admin_url = start_embedded_postgres(Path("var/test"))
-    name = f"referloop_test_{worker_id_}"
+    # Unique per test run as well as per worker, so that concurrent runs on one machine never meet.
+    run_id = os.getpid() if worker_id_ == "master" else os.getppid()
+    name = f"referloop_test_{worker_id_}_{run_id}"
 
     async def recreate() -> None:
         conn = await asyncpg.connect(admin_url)
@@ -71,11 +73,20 @@ def database_url(worker_id_: str) -> str:
         finally:
             await conn.close()
 
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
     asyncio.run(recreate())
     parts = urlsplit(admin_url)
     url = parts._replace(path=f"/{name}").geturl()
     run_migrations(url)
-    return url
+    yield url
+    if not os.environ.get("REFERLOOP_KEEP_TEST_DB"):
+        asyncio.run(drop())
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +139,6 @@ def settings(database_url: str, redis_url: str, tmp_var: Path) -> Settings:
 @pytest.fixture(scope="session")
 async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
     rt = Runtime.build(settings)
-    await rt.redis.flushdb()
     yield rt
     await rt.close()
 
