@@ -16,8 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/referloop migrate
-	$(BIN)/referloop worker & WORKER=$$!; trap "kill $$WORKER" EXIT; $(BIN)/referloop serve
+	$(BIN)/referloop run
 
 lint: install
 	$(BIN)/ruff check src tests bench migrations

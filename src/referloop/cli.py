@@ -78,6 +78,28 @@ def serve(
                 log_config=None, access_log=False, proxy_headers=False)
 
 
+@app.command()
+def run(
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+) -> None:
+    """Development all-in-one: start embedded services where no URL is set, migrate, then run the
+    worker in a child process and the API in this one."""
+    import os
+    import subprocess
+
+    settings = _settings()
+    os.environ["REFERLOOP_DATABASE_URL"] = settings.database_url
+    os.environ["REFERLOOP_REDIS_URL"] = settings.redis_url
+    run_migrations(settings.database_url)
+    worker = subprocess.Popen([sys.executable, "-m", "referloop", "worker"])  # noqa: S603
+    try:
+        serve(workers=1, port=port, host=host)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
 @app.command("create-staff")
 def create_staff(
     email: Annotated[str, typer.Option(help="Staff member's email")],

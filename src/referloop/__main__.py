@@ -1,0 +1,3 @@
+from referloop.cli import main
+
+main()
