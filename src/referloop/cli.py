@@ -132,6 +132,15 @@ def create_staff(
     typer.echo(f"created {role.value} {user_id}; sign in, then enrol TOTP at POST /v1/auth/totp/enroll")
 
 
+@app.command("seed-demo")
+def seed_demo() -> None:
+    """Fill the database with demo members, staff and (as domains land) their data. Idempotent."""
+    from referloop.demo import seed_demo as run_seed
+
+    for line in with_runtime(run_seed):
+        typer.echo(line)
+
+
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Recompute the audit chain; exit 1 and list every changed or missing row."""
