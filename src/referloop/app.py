@@ -54,5 +54,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_middleware(EdgeMiddleware, metrics=rt.metrics, access_log=rt.settings.access_log)
     for router in (system_router, identity_router, identity_staff_router):
         app.include_router(router)
+    if rt.settings.bench_routes_enabled:
+        from referloop.core.bench_routes import router as bench_router
+
+        app.include_router(bench_router)
     configure_tracing(app, rt.db.engine, rt.settings.otel_service_name, rt.settings.otel_exporter_otlp_endpoint)
     return app

@@ -90,6 +90,8 @@ class Settings(BaseSettings):
 
     # Fault injection for crash tests: a named point where the process exits at once.
     fault_inject: str = ""
+    # Mounts /bench/* (the baseline route of bench/). Never enable in a real deployment.
+    bench_routes_enabled: bool = False
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
