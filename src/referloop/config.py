@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     outbox_poll_interval_seconds: float = Field(default=0.5, gt=0)
     outbox_max_attempts: int = Field(default=8, ge=1)
     outbox_backoff_base_seconds: float = Field(default=2.0, gt=0)
+    outbox_backoff_max_seconds: float = Field(default=3600.0, gt=0)
+    # Handlers run at once per worker (broker prefetch, in-process drain parallelism).
+    worker_concurrency: int = Field(default=10, ge=1, le=500)
+    # Prefix of every exchange and queue name, so that several deployments (or test runs) share a broker.
+    amqp_namespace: str = Field(default="referloop", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    # Quorum queues survive a node loss on a cluster; classic queues are lighter on one node.
+    amqp_quorum_queues: bool = True
 
     # Observability
     log_level: str = "INFO"
