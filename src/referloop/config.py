@@ -21,6 +21,12 @@ class EmailBackend(StrEnum):
     smtp = "smtp"
 
 
+class PayoutProviderName(StrEnum):
+    manual = "manual"
+    razorpayx = "razorpayx"
+    stripe = "stripe"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REFERLOOP_", env_file=".env", extra="ignore")
 
@@ -95,6 +101,38 @@ class Settings(BaseSettings):
     otel_exporter_otlp_endpoint: str = ""
     otel_service_name: str = "referloop"
 
+    # Payout providers. `manual` (finance staff pay by hand and record the reference) needs nothing;
+    # the chosen provider's credentials are required in production (see the validator below).
+    payout_provider: PayoutProviderName = PayoutProviderName.manual
+    payout_provider_timeout_seconds: float = Field(default=30.0, gt=0, le=120)
+    # Retries inside one call, same idempotency key; longer waits belong to the worker's backoff.
+    payout_provider_max_attempts: int = Field(default=3, ge=1, le=10)
+    payout_provider_retry_base_seconds: float = Field(default=0.5, ge=0)
+    payout_provider_retry_max_seconds: float = Field(default=5.0, ge=0)
+    razorpayx_base_url: str = "https://api.razorpay.com"
+    razorpayx_key_id: str = ""
+    razorpayx_key_secret: SecretStr = SecretStr("")
+    razorpayx_account_number: str = ""  # our RazorpayX account (differs between test and live mode)
+    razorpayx_webhook_secret: SecretStr = SecretStr("")
+    # The secret before the last rotation: Razorpay retries old events signed with it for 24 h.
+    razorpayx_webhook_previous_secret: SecretStr = SecretStr("")
+    razorpayx_bank_mode: str = Field(default="IMPS", pattern="^(IMPS|NEFT|RTGS)$")
+    razorpayx_purpose: str = "payout"
+    razorpayx_contact_type: str = "customer"
+    # Queue (rather than fail) a payout while our RazorpayX balance is too low, so that topping it up
+    # pays the members waiting instead of failing their withdrawals.
+    razorpayx_queue_if_low_balance: bool = True
+    stripe_base_url: str = "https://api.stripe.com"
+    stripe_api_key: SecretStr = SecretStr("")
+    stripe_api_version: str = ""  # empty: the account's default version
+    stripe_webhook_secret: SecretStr = SecretStr("")  # platform endpoint (transfer.* events)
+    stripe_connect_webhook_secret: SecretStr = SecretStr("")  # Connect endpoint (payout.* events)
+    stripe_webhook_tolerance_seconds: int = Field(default=300, ge=1)
+    # True: transfer to the connected account, then pay out from it to its bank (manual payouts).
+    # False: only the transfer; the connected account's own payout schedule moves it to the bank.
+    stripe_connect_payouts: bool = True
+    stripe_payout_method: str = Field(default="standard", pattern="^(standard|instant)$")
+
     # Fault injection for crash tests: a named point where the process exits at once.
     fault_inject: str = ""
     # Mounts /bench/* (the baseline route of bench/). Never enable in a real deployment.
@@ -115,6 +153,27 @@ class Settings(BaseSettings):
             ]
             if missing:
                 raise ValueError(f"production refuses to start without {', '.join(missing)}")
+        return self
+
+    @model_validator(mode="after")
+    def _require_payout_credentials(self) -> Settings:
+        if self.env is Environment.production:
+            required: dict[PayoutProviderName, tuple[tuple[str, str], ...]] = {
+                PayoutProviderName.manual: (),
+                PayoutProviderName.razorpayx: (
+                    ("REFERLOOP_RAZORPAYX_KEY_ID", self.razorpayx_key_id),
+                    ("REFERLOOP_RAZORPAYX_KEY_SECRET", self.razorpayx_key_secret.get_secret_value()),
+                    ("REFERLOOP_RAZORPAYX_ACCOUNT_NUMBER", self.razorpayx_account_number),
+                    ("REFERLOOP_RAZORPAYX_WEBHOOK_SECRET", self.razorpayx_webhook_secret.get_secret_value()),
+                ),
+                PayoutProviderName.stripe: (
+                    ("REFERLOOP_STRIPE_API_KEY", self.stripe_api_key.get_secret_value()),
+                    ("REFERLOOP_STRIPE_WEBHOOK_SECRET", self.stripe_webhook_secret.get_secret_value()),
+                ),
+            }
+            missing = [name for name, value in required[self.payout_provider] if not value]
+            if missing:
+                raise ValueError(f"payout provider {self.payout_provider} needs {', '.join(missing)}")
         return self
 
     @property
