@@ -20,6 +20,10 @@ app = typer.Typer(help="Referloop: referral-and-rewards backend.", no_args_is_he
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
+from referloop.payouts.methods.cli import keys_app  # noqa: E402
+
+app.add_typer(keys_app, name="keys")
+
 T = TypeVar("T")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -2,8 +2,10 @@
 
 from referloop.compliance.audit.models import AuditEntry
 from referloop.core.db import Base
+from referloop.core.idempotency import IdempotencyRecord
 from referloop.core.outbox.models import DeadLetter, InboxRecord, OutboxEvent
 from referloop.identity.models import AuthSession, OneTimeCode, RefreshToken, User
+from referloop.payouts.methods.models import PayoutMethod
 
-__all__ = ["AuditEntry", "AuthSession", "Base", "DeadLetter", "InboxRecord", "OneTimeCode", "OutboxEvent",
+__all__ = ["AuditEntry", "IdempotencyRecord", "PayoutMethod", "AuthSession", "Base", "DeadLetter", "InboxRecord", "OneTimeCode", "OutboxEvent",
            "RefreshToken", "User"]

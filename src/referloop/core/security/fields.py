@@ -29,6 +29,7 @@ class FieldCipher:
             if len(key) != 32 or "." in kid:
                 raise ValueError(f"field key {kid!r} must be 32 bytes and its id must not contain '.'")
         self.primary_kid = next(iter(keys))
+        self._raw = dict(keys)
         self._aead = {kid: AESGCM(key) for kid, key in keys.items()}
 
     @classmethod
@@ -55,6 +56,15 @@ class FieldCipher:
 
     def key_id_of(self, stored: str) -> str:
         return stored.split(".", 2)[1]
+
+    def blind_index(self, value: str, *, context: str) -> bytes:
+        """A keyed hash for finding equal values without decrypting them. It is keyed by the primary
+        key, so `referloop keys rotate` recomputes it along with the ciphertexts."""
+        import hashlib
+        import hmac
+
+        key = hmac.new(self._raw[self.primary_kid], b"blind-index:" + context.encode(), hashlib.sha256).digest()
+        return hmac.new(key, value.encode(), hashlib.sha256).digest()
 
 
 def load_or_create_dev_field_key(directory: Path) -> str:

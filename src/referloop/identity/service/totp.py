@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 import pyotp
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.core.db import utcnow
 from referloop.core.errors import Conflict
@@ -48,3 +50,18 @@ def confirm_enrolment(rt: Runtime, user: User, code: str) -> bool:
         return False
     user.totp_enabled_at = utcnow()
     return True
+
+
+async def rotate_totp_secrets(session: AsyncSession, rt: Runtime) -> int:
+    """Re-encrypt TOTP secrets not under the primary field key (`referloop keys rotate`)."""
+    users = (
+        await session.scalars(
+            select(User).where(User.totp_secret.is_not(None), ~User.totp_secret.like(f"v1.{rt.cipher.primary_kid}.%"))
+        )
+    ).all()
+    for user in users:
+        assert user.totp_secret is not None
+        secret = rt.cipher.decrypt(user.totp_secret, context=_SECRET_CONTEXT)
+        user.totp_secret = rt.cipher.encrypt(secret, context=_SECRET_CONTEXT)
+    await session.flush()
+    return len(users)

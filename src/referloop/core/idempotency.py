@@ -1,0 +1,111 @@
+"""Idempotency-Key for POSTs that create or move something (Stripe's semantics).
+
+The key row is inserted in the request's own transaction. A concurrent request with the same key
+blocks on the unique index until the first transaction ends: if it committed, the second replays
+the stored answer; if it rolled back (an error, nothing happened), the second runs for real. So the
+effect and the stored answer are committed together, and a replay can never see a half-done request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import Index, SmallInteger, String, func, select, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from referloop.core.db import Base, utcnow
+from referloop.core.errors import AppError, InvalidInput
+
+KEY_MAX_LENGTH = 255
+REPLAY_HEADER = "Idempotent-Replayed"
+
+
+class IdempotencyKeyReused(AppError):
+    status_code = 422
+    code = "idempotency_key_reused"
+    title = "Idempotency key reused with a different request"
+
+
+class IdempotencyRecord(Base):
+    __tablename__ = "idempotency_keys"
+
+    scope: Mapped[str] = mapped_column(String(100), primary_key=True)  # e.g. "withdrawals:<member id>"
+    key: Mapped[str] = mapped_column(String(KEY_MAX_LENGTH), primary_key=True)
+    request_hash: Mapped[bytes]
+    response_status: Mapped[int | None] = mapped_column(SmallInteger)
+    response_body: Mapped[Any | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now(), default=utcnow)
+
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+
+def idempotency_key_header(
+    idempotency_key: Annotated[
+        str,
+        Header(
+            min_length=1,
+            max_length=KEY_MAX_LENGTH,
+            description="A unique key per operation (a UUID is best). Retrying with the same key and "
+            "body replays the first answer; the same key with another body is refused (422).",
+        ),
+    ],
+) -> str:
+    return idempotency_key
+
+
+def request_fingerprint(request: Request, body: BaseModel | None) -> bytes:
+    payload = body.model_dump(mode="json") if body is not None else None
+    return hashlib.sha256(
+        orjson.dumps([request.method, request.url.path, payload], option=orjson.OPT_SORT_KEYS)
+    ).digest()
+
+
+async def run_idempotent(
+    session: AsyncSession,
+    *,
+    scope: str,
+    key: str,
+    fingerprint: bytes,
+    handler: Callable[[], Awaitable[tuple[int, BaseModel]]],
+) -> JSONResponse:
+    if not key.isprintable():
+        raise InvalidInput("Idempotency-Key must be printable text.")
+    inserted = await session.scalar(
+        insert(IdempotencyRecord)
+        .values(scope=scope, key=key, request_hash=fingerprint)
+        .on_conflict_do_nothing()
+        .returning(IdempotencyRecord.key)
+    )
+    if inserted is None:
+        stored = await session.scalar(
+            select(IdempotencyRecord).where(IdempotencyRecord.scope == scope, IdempotencyRecord.key == key)
+        )
+        if stored is None or stored.response_status is None:  # pragma: no cover - defensive
+            raise InvalidInput("This Idempotency-Key is being used by a request in progress; retry shortly.")
+        if bytes(stored.request_hash) != fingerprint:
+            raise IdempotencyKeyReused("This Idempotency-Key was used for a different request.")
+        return JSONResponse(
+            stored.response_body, status_code=stored.response_status, headers={REPLAY_HEADER: "true"}
+        )
+    status, model = await handler()
+    body = model.model_dump(mode="json")
+    await session.execute(
+        update(IdempotencyRecord)
+        .where(IdempotencyRecord.scope == scope, IdempotencyRecord.key == key)
+        .values(response_status=status, response_body=body)
+    )
+    return JSONResponse(body, status_code=status)
+
+
+def member_scope(name: str, member_id: uuid.UUID) -> str:
+    return f"{name}:{member_id}"

@@ -1,0 +1,1 @@
+"""Payout methods, withdrawals and payout providers."""

@@ -1,0 +1,1 @@
+"""Members' payout methods: bank accounts, UPI ids and PayPal emails, stored encrypted."""

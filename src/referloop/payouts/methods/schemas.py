@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from schwifty import BIC, IBAN
+from schwifty.exceptions import SchwiftyException
+
+from referloop.core.validation import Email, StrictModel
+
+_IFSC = re.compile(r"^[A-Z]{4}0[A-Z0-9]{6}$")
+_UPI = re.compile(r"^[a-z0-9][a-z0-9._-]{1,255}@[a-z][a-z0-9]{1,63}$")
+
+
+def _ifsc(value: str) -> str:
+    value = value.upper()
+    # IFSC has no check digit: 4 letters of the bank, a literal 0, 6 characters of the branch.
+    if not _IFSC.match(value):
+        raise ValueError(
+            "An IFSC is 11 characters: 4 letters, 0, then 6 letters or digits (e.g. HDFC0001234)."
+        )
+    return value
+
+
+def _iban(value: str) -> str:
+    try:
+        return IBAN(value).compact  # validates the country format and the mod-97 checksum
+    except SchwiftyException as exc:
+        raise ValueError(f"Invalid IBAN: {exc}") from exc
+
+
+def _bic(value: str) -> str:
+    try:
+        return BIC(value).compact
+    except SchwiftyException as exc:
+        raise ValueError(f"Invalid BIC: {exc}") from exc
+
+
+def _upi(value: str) -> str:
+    value = value.lower()
+    if not _UPI.match(value):
+        raise ValueError("A UPI id looks like name@bank (for example asha.rao@okhdfc).")
+    return value
+
+
+IFSC = Annotated[str, StringConstraints(min_length=11, max_length=11), AfterValidator(_ifsc)]
+IBANStr = Annotated[str, StringConstraints(min_length=15, max_length=42), AfterValidator(_iban)]
+BICStr = Annotated[str, StringConstraints(min_length=8, max_length=11), AfterValidator(_bic)]
+UpiId = Annotated[str, StringConstraints(min_length=3, max_length=320), AfterValidator(_upi)]
+AccountNumber = Annotated[str, StringConstraints(pattern=r"^[0-9]{9,18}$")]
+HolderName = Annotated[str, StringConstraints(min_length=2, max_length=120)]
+Label = Annotated[str, StringConstraints(min_length=1, max_length=60)]
+
+
+class IndianBankAccount(StrictModel):
+    kind: Literal["bank_account"] = "bank_account"
+    holder_name: HolderName
+    account_number: AccountNumber
+    ifsc: IFSC
+    label: Label | None = None
+
+
+class IbanBankAccount(StrictModel):
+    kind: Literal["iban"] = "iban"
+    holder_name: HolderName
+    iban: IBANStr
+    bic: BICStr | None = None
+    label: Label | None = None
+
+
+class UpiMethod(StrictModel):
+    kind: Literal["upi"] = "upi"
+    upi_id: UpiId
+    label: Label | None = None
+
+
+class PaypalMethod(StrictModel):
+    kind: Literal["paypal"] = "paypal"
+    email: Email
+    label: Label | None = None
+
+
+PayoutMethodIn = Annotated[
+    IndianBankAccount | IbanBankAccount | UpiMethod | PaypalMethod, Field(discriminator="kind")
+]
+
+
+class PayoutMethodOut(BaseModel):
+    id: uuid.UUID
+    kind: str
+    label: str | None
+    masked: str = Field(description="The account shown safely, e.g. ••••1234")
+    usable_from: datetime = Field(
+        description="Payouts to this method are allowed from this time (24 h cool-down)."
+    )
+    created_at: datetime
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class PayoutMethodList(BaseModel):
+    items: list[PayoutMethodOut]
