@@ -9,9 +9,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from referloop.config import Settings, get_settings
-from referloop.core.errors import install_error_handlers, problem_responses
+from referloop.core.errors import install_error_handlers, install_problem_openapi, problem_responses
 from referloop.core.middleware import EdgeMiddleware
 from referloop.core.observability import configure_logging, configure_tracing
+from referloop.core.system_routes import NotReady
 from referloop.core.system_routes import router as system_router
 from referloop.identity.routes import router as identity_router
 from referloop.identity.staff_routes import router as identity_staff_router
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.state.runtime = rt
     install_error_handlers(app)
+    install_problem_openapi(app, [NotReady])
     if rt.settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -59,5 +61,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         from referloop.core.bench_routes import router as bench_router
 
         app.include_router(bench_router)
-    configure_tracing(app, rt.db.engine, rt.settings.otel_service_name, rt.settings.otel_exporter_otlp_endpoint)
+    configure_tracing(
+        app, rt.db.engine, rt.settings.otel_service_name, rt.settings.otel_exporter_otlp_endpoint
+    )
     return app

@@ -1,6 +1,9 @@
-"""One pure-ASGI middleware for request ids, security headers, access logs and metrics.
+"""One pure-ASGI middleware for request ids, security headers, the last-resort 500, access logs and
+metrics.
 
-Pure ASGI (not BaseHTTPMiddleware) because it wraps every request, including the hot ones."""
+Pure ASGI (not BaseHTTPMiddleware) because it wraps every request, including the hot ones. It sits
+outside every other middleware of ours, so that whatever answers (a route, CORS, an error handler,
+or this middleware's own 500) leaves with the request id and the security headers."""
 
 from __future__ import annotations
 
@@ -9,10 +12,13 @@ import time
 import uuid
 from typing import Any
 
+import orjson
 import structlog
+from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from referloop.core.context import request_id_var
+from referloop.core.errors import INTERNAL_ERROR_DETAIL, PROBLEM_JSON, problem_body
 from referloop.core.observability import Metrics
 
 log = structlog.get_logger("referloop.access")
@@ -26,6 +32,7 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
     (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 ]
 # The interactive docs load their own scripts and styles.
@@ -34,6 +41,9 @@ DOCS_CSP = (
     b"script-src 'self' 'unsafe-inline' https:; frame-ancestors 'none'"
 )
 DOCS_PATHS = ("/docs", "/redoc")
+# API answers carry tokens and personal data: no shared or browser cache keeps them unless a route
+# says otherwise (the JWKS does).
+NO_STORE = (b"cache-control", b"no-store")
 
 
 class EdgeMiddleware:
@@ -56,23 +66,38 @@ class EdgeMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
+        response_started = False
         is_docs = scope["path"].startswith(DOCS_PATHS)
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 headers = list(message.get("headers", []))
+                has_cache_control = any(name.lower() == b"cache-control" for name, _ in headers)
                 headers.append((b"x-request-id", request_id.encode()))
                 for name, value in SECURITY_HEADERS:
                     if is_docs and name == b"content-security-policy":
                         value = DOCS_CSP
                     headers.append((name, value))
+                if not has_cache_control:
+                    headers.append(NO_STORE)
                 message["headers"] = headers
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            # The catch-all: log the cause with the request id, answer a problem that names only the
+            # request id. Once an answer has started nothing can be sent, so the server sees the error.
+            log.error("unhandled_error", method=scope["method"], path=scope["path"], exc_info=exc)
+            span = trace.get_current_span()
+            span.record_exception(exc)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+            if response_started:
+                raise
+            await _send_internal_error(scope, request_id, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
             route: Any = scope.get("route")
@@ -82,7 +107,35 @@ class EdgeMiddleware:
             self.metrics.latency.labels(method, template, str(status)).observe(elapsed)
             if status >= 500 or self.access_log:
                 (log.error if status >= 500 else log.info)(
-                    "request", method=method, path=scope["path"], route=template, status=status,
+                    "request",
+                    method=method,
+                    path=scope["path"],
+                    route=template,
+                    status=status,
                     duration_ms=round(elapsed * 1000, 2),
                 )
             request_id_var.reset(token)
+
+
+async def _send_internal_error(scope: Scope, request_id: str, send: Send) -> None:
+    body = orjson.dumps(
+        problem_body(
+            500,
+            "internal_error",
+            "Internal server error",
+            INTERNAL_ERROR_DETAIL,
+            instance=scope["path"],
+            request_id=request_id,
+        )
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

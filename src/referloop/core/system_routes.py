@@ -3,62 +3,108 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 import aio_pika
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from referloop.core.deps import RuntimeDep
+from referloop.core.errors import PROBLEM_JSON, Problem, problem
 from referloop.core.outbox.stats import outbox_stats
+from referloop.runtime import Runtime
 
 router = APIRouter(tags=["system"])
 
 _CHECK_TIMEOUT_SECONDS = 2.0
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ok"] = "ok"
+    checks: dict[str, str] = Field(
+        description="Each dependency: `ok`, `not configured`, or `failed: <reason>`",
+        examples=[{"postgres": "ok", "redis": "ok", "broker": "ok"}],
+    )
+
+
+class NotReady(Problem):
+    """The problem answered by /readyz when a dependency does not answer."""
+
+    checks: dict[str, str]
+    failed: list[str] = Field(description="The dependencies that did not answer")
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
     """The process is alive (no dependency is checked)."""
-    return {"status": "ok"}
+    return Health()
 
 
-async def _check_postgres(rt: Any) -> None:
+async def _check_postgres(rt: Runtime) -> None:
     async with rt.db.engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
 
 
-async def _check_redis(rt: Any) -> None:
+async def _check_redis(rt: Runtime) -> None:
     await rt.redis.ping()
 
 
-async def _check_broker(rt: Any) -> None:
-    if not rt.settings.amqp_url:
-        return  # no broker configured: the worker drains the outbox in-process
+async def _check_broker(rt: Runtime) -> None:
     connection = await aio_pika.connect(rt.settings.amqp_url, timeout=_CHECK_TIMEOUT_SECONDS)
     await connection.close()
 
 
-@router.get("/readyz", responses={503: {"description": "A dependency is unreachable"}})
-async def readyz(rt: RuntimeDep) -> JSONResponse:
-    """PostgreSQL, Redis and (when configured) RabbitMQ answer; 503 names the ones that do not."""
-    checks = {"postgres": _check_postgres, "redis": _check_redis, "broker": _check_broker}
+async def _run_check(check: Callable[[Runtime], Awaitable[None]], rt: Runtime) -> str:
+    try:
+        await asyncio.wait_for(check(rt), _CHECK_TIMEOUT_SECONDS)
+    except Exception as exc:  # any failure means "not ready"; the kind of failure is reported
+        return f"failed: {type(exc).__name__}"
+    return "ok"
 
-    async def run(check: Any) -> str:
-        try:
-            await asyncio.wait_for(check(rt), _CHECK_TIMEOUT_SECONDS)
-            return "ok"
-        except Exception as exc:  # any failure means "not ready"; the reason is reported
-            return f"failed: {type(exc).__name__}"
 
-    results = dict(zip(checks, await asyncio.gather(*(run(c) for c in checks.values())), strict=True))
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={
+        503: {
+            "description": "A dependency does not answer; `failed` names it",
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/NotReady"}}},
+        }
+    },
+)
+async def readyz(request: Request, rt: RuntimeDep) -> Readiness | JSONResponse:
+    """PostgreSQL, Redis and (when `AMQP_URL` is set) RabbitMQ answer within 2 seconds each; 503
+    names the ones that do not."""
+    checks: dict[str, Callable[[Runtime], Awaitable[None]]] = {
+        "postgres": _check_postgres,
+        "redis": _check_redis,
+    }
+    if rt.settings.amqp_url:
+        checks["broker"] = _check_broker
+    outcomes = await asyncio.gather(*(_run_check(check, rt) for check in checks.values()))
+    results = dict(zip(checks, outcomes, strict=True))
     if not rt.settings.amqp_url:
-        results["broker"] = "not configured"
-    failed = [name for name, r in results.items() if r.startswith("failed")]
-    return JSONResponse({"status": "unavailable" if failed else "ok", "checks": results, "failed": failed},
-                        status_code=503 if failed else 200)
+        results["broker"] = "not configured"  # the worker drains the outbox in-process
+    failed = [name for name, outcome in results.items() if outcome.startswith("failed")]
+    if failed:
+        return problem(
+            503,
+            "not_ready",
+            "Not ready",
+            f"Not answering: {', '.join(failed)}.",
+            request,
+            checks=results,
+            failed=failed,
+        )
+    return Readiness(checks=results)
 
 
 @router.get("/metrics", response_class=Response, include_in_schema=False)
