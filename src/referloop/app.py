@@ -14,6 +14,8 @@ from referloop.core.middleware import EdgeMiddleware
 from referloop.core.observability import configure_logging, configure_tracing
 from referloop.core.system_routes import NotReady
 from referloop.core.system_routes import router as system_router
+from referloop.disputes.routes import router as disputes_router
+from referloop.disputes.routes import staff_router as disputes_staff_router
 from referloop.identity.routes import router as identity_router
 from referloop.identity.staff_routes import router as identity_staff_router
 from referloop.payouts.methods.routes import router as payout_methods_router
@@ -55,7 +57,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             max_age=600,
         )
     app.add_middleware(EdgeMiddleware, metrics=rt.metrics, access_log=rt.settings.access_log)
-    for router in (system_router, identity_router, identity_staff_router, payout_methods_router):
+    for router in (system_router, identity_router, identity_staff_router, payout_methods_router, disputes_router, disputes_staff_router):
         app.include_router(router)
     if rt.settings.bench_routes_enabled:
         from referloop.core.bench_routes import router as bench_router

@@ -3,9 +3,16 @@
 from referloop.compliance.audit.models import AuditEntry
 from referloop.core.db import Base
 from referloop.core.idempotency import IdempotencyRecord
+from referloop.disputes.models import Dispute, DisputeMessage
 from referloop.core.outbox.models import DeadLetter, InboxRecord, OutboxEvent
 from referloop.identity.models import AuthSession, OneTimeCode, RefreshToken, User
 from referloop.payouts.methods.models import PayoutMethod
+from referloop.referrals.models import (Attribution, Campaign, CampaignProgram, Click, MemberDevice, Program,
+                                        University, VanityCode)
 
-__all__ = ["AuditEntry", "IdempotencyRecord", "PayoutMethod", "AuthSession", "Base", "DeadLetter", "InboxRecord", "OneTimeCode", "OutboxEvent",
-           "RefreshToken", "User"]
+__all__ = [
+    "Dispute",
+    "DisputeMessage","AuditEntry", "IdempotencyRecord", "PayoutMethod", "AuthSession", "Base", "DeadLetter", "InboxRecord", "OneTimeCode", "OutboxEvent",
+           "RefreshToken", "User",
+           "Attribution", "Campaign", "CampaignProgram", "Click", "MemberDevice", "Program", "University",
+           "VanityCode"]
