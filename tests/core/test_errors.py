@@ -23,7 +23,7 @@ def assert_problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == PROBLEM_JSON
     body: dict[str, Any] = r.json()
-    assert PROBLEM_KEYS <= body.keys()
+    assert body.keys() >= PROBLEM_KEYS
     assert body["status"] == status
     assert body["code"] == code
     assert body["type"] == f"https://referloop.dev/problems/{code}"
@@ -55,8 +55,9 @@ async def boom_client(boom_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
-    """Swap the JSON log handler's stream for a buffer; the lines parse with json.loads."""
+def log_lines(boom_app: FastAPI) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """Swap the JSON log handler's stream for a buffer (after the app is built: create_app points it
+    at stdout); the lines parse with json.loads."""
     buf = io.StringIO()
     configure_logging("INFO", stream=buf)
     yield lambda: [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
@@ -78,7 +79,12 @@ class TestFrameworkErrors:
     ) -> None:
         r = await client.post(
             "/v1/auth/register",
-            json={"email": "not-an-email", "password": "sekret-value-xyz", "display_name": "A", "role": "admin"},
+            json={
+                "email": "not-an-email",
+                "password": "sekret-value-xyz",
+                "display_name": "A",
+                "role": "admin",
+            },
         )
         body = assert_problem(r, 422, "validation_error")
         fields = {(e["location"], e["field"]) for e in body["errors"]}
@@ -89,7 +95,9 @@ class TestFrameworkErrors:
 
     async def test_malformed_json_is_a_422_problem(self, client: httpx.AsyncClient) -> None:
         r = await client.post(
-            "/v1/auth/login", content=b'{"login": "x@example.com", ', headers={"content-type": "application/json"}
+            "/v1/auth/login",
+            content=b'{"login": "x@example.com", ',
+            headers={"content-type": "application/json"},
         )
         body = assert_problem(r, 422, "validation_error")
         assert body["errors"][0]["type"] == "json_invalid"
@@ -108,7 +116,9 @@ class TestFrameworkErrors:
 
 
 class TestDomainErrors:
-    async def test_app_error_renders_its_code_and_extension_members(self, boom_client: httpx.AsyncClient) -> None:
+    async def test_app_error_renders_its_code_and_extension_members(
+        self, boom_client: httpx.AsyncClient
+    ) -> None:
         body = assert_problem(await boom_client.get("/v1/test/conflict"), 409, "conflict")
         assert body["detail"] == "That thing already exists."
         assert body["thing"] == "widget"
@@ -137,7 +147,9 @@ class TestInternalError:
         assert errors[0]["request_id"] == "req-500-check"
         assert "RuntimeError: db password is hunter2" in errors[0]["exception"]
 
-    async def test_a_bug_is_counted_as_a_500_of_its_route(self, boom_app: FastAPI, boom_client: httpx.AsyncClient) -> None:
+    async def test_a_bug_is_counted_as_a_500_of_its_route(
+        self, boom_app: FastAPI, boom_client: httpx.AsyncClient
+    ) -> None:
         await boom_client.get("/v1/test/boom")
         value = boom_app.state.runtime.metrics.registry.get_sample_value(
             "referloop_http_requests_total", {"method": "GET", "route": "/v1/test/boom", "status": "500"}

@@ -40,7 +40,9 @@ class TestRequestId:
         assert first != second
 
     @pytest.mark.parametrize("bad", ["has spaces in it", "x" * 129, "inject\u00e9".encode("latin-1"), "a,b"])
-    async def test_an_unsafe_request_id_is_replaced(self, client: httpx.AsyncClient, bad: str | bytes) -> None:
+    async def test_an_unsafe_request_id_is_replaced(
+        self, client: httpx.AsyncClient, bad: str | bytes
+    ) -> None:
         r = await client.get("/healthz", headers={"X-Request-ID": bad})
         assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
 
@@ -87,11 +89,14 @@ async def cors_client(app_factory: Callable[..., FastAPI]) -> AsyncIterator[http
 
 class TestCors:
     async def test_preflight_from_an_allowed_origin(self, cors_client: httpx.AsyncClient) -> None:
-        r = await cors_client.options("/v1/me", headers={
-            "Origin": ORIGIN,
-            "Access-Control-Request-Method": "PATCH",
-            "Access-Control-Request-Headers": "authorization, content-type, x-request-id",
-        })
+        r = await cors_client.options(
+            "/v1/me",
+            headers={
+                "Origin": ORIGIN,
+                "Access-Control-Request-Method": "PATCH",
+                "Access-Control-Request-Headers": "authorization, content-type, x-request-id",
+            },
+        )
         assert r.status_code == 200
         assert r.headers["access-control-allow-origin"] == ORIGIN
         assert "PATCH" in r.headers["access-control-allow-methods"]
@@ -111,7 +116,9 @@ class TestCors:
 
     async def test_other_origins_get_no_cors_grant(self, cors_client: httpx.AsyncClient) -> None:
         evil = "https://evil.example"
-        pre = await cors_client.options("/v1/me", headers={"Origin": evil, "Access-Control-Request-Method": "GET"})
+        pre = await cors_client.options(
+            "/v1/me", headers={"Origin": evil, "Access-Control-Request-Method": "GET"}
+        )
         assert pre.status_code == 400
         assert "access-control-allow-origin" not in pre.headers
         r = await cors_client.get("/healthz", headers={"Origin": evil})
