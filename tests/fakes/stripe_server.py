@@ -1,0 +1,641 @@
+"""A local Stripe (Connect transfers and payouts) that answers as Stripe's docs and stripe-python say
+(shared/PROVIDERS.md part 1, B).
+
+Documented behaviour it reproduces:
+- `Authorization: Bearer sk_…`; form-encoded bodies with `metadata[k]=v`; `Stripe-Account` acts on
+  a connected account; errors as `{"error": {"type", "code", "message", "param", "doc_url"}}`.
+- `Idempotency-Key` (≤255 chars), scoped per account: the first answer is stored once execution
+  starts (a 500 too) and replayed with `Idempotent-Replayed: true`; other parameters or another
+  endpoint with the key is 400 `idempotency_error`; a duplicate while the first runs is 409
+  `idempotency_key_in_use`; validation failures are not stored.
+- Transfers move platform balance to the connected account; reversals move it back. Payouts on a
+  connected account: pending → in_transit → paid, pending → canceled, failed (even after paid).
+- 429 for rate limits (and the legacy 400 with code rate_limit).
+- Webhooks: event objects with `account` for Connect events, `Stripe-Signature: t=…,v1=…` (plus the
+  test-mode `v0=`), connected-account events signed with the Connect endpoint's secret.
+Wording no source confirmed (the 409 and 429 types and messages, some validation messages) follows
+Stripe's style.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.fakes.server import FakeBase, Fault, lower, random_id
+
+Result = tuple[int, dict[str, Any]]
+PLATFORM = "platform"
+DOC = "https://stripe.com/docs/error-codes/"
+
+# Payout state machine (stripe-python _payout.py, docs: a payout can fail even after paid).
+TRANSITIONS: dict[str, set[str]] = {
+    "pending": {"in_transit", "canceled", "failed", "paid"},
+    "in_transit": {"paid", "failed"},
+    "paid": {"failed"},
+    "failed": set(),
+    "canceled": set(),
+}
+EVENT_FOR_STATUS = {
+    "pending": "payout.created",
+    "in_transit": "payout.updated",
+    "paid": "payout.paid",
+    "failed": "payout.failed",
+    "canceled": "payout.canceled",
+}
+FAILURE_MESSAGES = {
+    "account_closed": "The bank account has been closed.",
+    "account_frozen": "The bank account has been frozen.",
+    "no_account": "The bank account details on file are probably incorrect. No bank account could be located.",
+    "insufficient_funds": "Your Stripe account has insufficient funds to cover the payout.",
+    "could_not_process": "The bank could not process this payout.",
+}
+
+
+def stripe_error(
+    status: int,
+    message: str,
+    *,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+) -> Result:
+    body: dict[str, Any] = {"message": message, "type": type_}
+    if code:
+        body["code"] = code
+        body["doc_url"] = DOC + code.replace("_", "-")
+    if param:
+        body["param"] = param
+    return status, {"error": body}
+
+
+class Invalid(Exception):
+    """A parameter check failed before execution: answered, but not stored under the key."""
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+
+
+def missing(param: str) -> Invalid:
+    return Invalid(
+        stripe_error(400, f"Missing required param: {param}.", code="parameter_missing", param=param)
+    )
+
+
+def positive_int(params: dict[str, Any], name: str) -> int:
+    if name not in params:
+        raise missing(name)
+    value = params[name]
+    if not str(value).isdigit() or int(value) <= 0:
+        raise Invalid(
+            stripe_error(
+                400, f"Invalid positive integer: {value}", code="parameter_invalid_integer", param=name
+            )
+        )
+    return int(value)
+
+
+def currency(params: dict[str, Any]) -> str:
+    if "currency" not in params:
+        raise missing("currency")
+    value = str(params["currency"])
+    if len(value) != 3 or not value.isalpha():
+        raise Invalid(stripe_error(400, f"Invalid currency: {value}", param="currency"))
+    return value.lower()
+
+
+def parse_form(raw: bytes) -> dict[str, Any]:
+    """`a=1&metadata[k]=v` → {"a": "1", "metadata": {"k": "v"}} (one level of nesting is all we use)."""
+    params: dict[str, Any] = {}
+    for key, value in parse_qsl(raw.decode(), keep_blank_values=True):
+        if "[" in key and key.endswith("]"):
+            outer, inner = key[:-1].split("[", 1)
+            params.setdefault(outer, {})[inner] = value
+        else:
+            params[key] = value
+    return params
+
+
+@dataclass
+class Account:
+    id: str
+    balance: dict[str, int] = field(default_factory=dict)
+    external_accounts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Stored:
+    fingerprint: tuple[str, str, str]
+    status: int = 0
+    body: dict[str, Any] = field(default_factory=dict)
+    done: bool = False
+
+
+class FakeStripe(FakeBase):
+    def __init__(
+        self,
+        *,
+        api_key: str = "sk_test_fakeplatformkey000000000001",
+        webhook_secret: str = "whsec_fake_platform_endpoint_secret",
+        connect_webhook_secret: str = "whsec_fake_connect_endpoint_secret",
+    ) -> None:
+        super().__init__()
+        self.api_key = api_key
+        self.webhook_secret = webhook_secret
+        self.connect_webhook_secret = connect_webhook_secret
+        self.platform_balance: dict[str, int] = {}
+        self.default_balance = 10**12
+        self.accounts: dict[str, Account] = {}
+        self.transfers: dict[str, dict[str, Any]] = {}
+        self.payouts: dict[str, dict[str, Any]] = {}
+        self.payout_account: dict[str, str] = {}
+        self._keys: dict[tuple[str, str], Stored] = {}
+        self.app = Starlette(
+            routes=[
+                Route("/v1/transfers", self._wrap(self._create_transfer), methods=["POST"]),
+                Route("/v1/transfers/{id}", self._wrap(self._get_transfer), methods=["GET"]),
+                Route("/v1/transfers/{id}/reversals", self._wrap(self._reverse_transfer), methods=["POST"]),
+                Route("/v1/payouts", self._wrap(self._create_payout), methods=["POST"]),
+                Route("/v1/payouts/{id}", self._wrap(self._get_payout), methods=["GET"]),
+                Route("/v1/payouts/{id}/cancel", self._wrap(self._cancel_payout), methods=["POST"]),
+            ]
+        )
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def add_account(self, balances: dict[str, int] | None = None) -> str:
+        """A connected account with one bank account (`ba_…`) as its default external account."""
+        account = Account(random_id("acct_", 16), dict(balances or {}), [random_id("ba_", 24)])
+        with self.lock:
+            self.accounts[account.id] = account
+        return account.id
+
+    def balance_of(self, account_id: str | None, currency_code: str) -> int:
+        with self.lock:
+            if account_id is None:
+                return self.platform_balance.get(currency_code, self.default_balance)
+            return self.accounts[account_id].balance.get(currency_code, 0)
+
+    def _add(self, account_id: str, currency_code: str, amount: int) -> None:
+        if account_id == PLATFORM:
+            self.platform_balance[currency_code] = (
+                self.platform_balance.get(currency_code, self.default_balance) + amount
+            )
+        else:
+            balance = self.accounts[account_id].balance
+            balance[currency_code] = balance.get(currency_code, 0) + amount
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _wrap(
+        self, handler: Callable[[Request, dict[str, Any], str], Awaitable[Result]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            raw = await request.body()
+            headers = lower(request.headers)
+            recorded = self._record(request.method, request.url.path, headers, raw)
+            status, body, extra = await self._handle(request, handler, raw, headers)
+            recorded.status = status
+            response_headers = {"Request-Id": random_id("req_"), **extra}
+            return JSONResponse(body, status_code=status, headers=response_headers)
+
+        return endpoint
+
+    def _auth(self, headers: dict[str, str]) -> Result | None:
+        header = headers.get("authorization", "")
+        if not header:
+            return stripe_error(
+                401,
+                "You did not provide an API key. You need to provide your API key in the Authorization header, "
+                "using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
+            )
+        token = header.removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(token, self.api_key):
+            return stripe_error(401, f"Invalid API Key provided: {token[:8]}{'*' * 12}{token[-4:]}")
+        return None
+
+    async def _handle(
+        self,
+        request: Request,
+        handler: Callable[[Request, dict[str, Any], str], Awaitable[Result]],
+        raw: bytes,
+        headers: dict[str, str],
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        method, path = request.method, request.url.path
+        refused = self._auth(headers)
+        if refused:
+            return (*refused, {})
+        scope = headers.get("stripe-account") or PLATFORM
+        if scope != PLATFORM and scope not in self.accounts:
+            return (
+                *stripe_error(
+                    403,
+                    f"The provided key '{self.api_key[:8]}{'*' * 12}{self.api_key[-4:]}' does not have access to "
+                    f"account '{scope}' (or that account does not exist). Application access may have been revoked.",
+                    code="account_invalid",
+                ),
+                {},
+            )
+        if fault := self.faults.take("rate_limit", method, path):
+            status = 400 if fault.legacy else 429
+            extra = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            result = stripe_error(
+                status,
+                "Too many requests hit the API too quickly. We recommend an exponential backoff of your requests.",
+                code="rate_limit",
+            )
+            return (*result, extra)
+        if fault := self.faults.take("error_before", method, path):
+            return (*stripe_error(fault.status, "An unknown error occurred", type_="api_error"), {})
+        params = parse_form(raw) if method == "POST" else dict(request.query_params)
+        key = headers.get("idempotency-key")
+        if method != "POST" or key is None:
+            status, body = await self._run(request, handler, params, scope)
+            return status, body, {}
+        if len(key) > 255:
+            return (*stripe_error(400, "Idempotency keys can be no longer than 255 characters."), {})
+        fingerprint = (method, path, json.dumps(params, sort_keys=True))
+        with self.lock:
+            stored = self._keys.get((scope, key))
+            if stored is not None:
+                if not stored.done:
+                    return (
+                        *stripe_error(
+                            409,
+                            "There is currently another in-progress request using this Idempotent Key (that "
+                            "probably means you submitted twice, and the other request is still going "
+                            f"through): {key}. Please try again later.",
+                            code="idempotency_key_in_use",
+                        ),
+                        {},
+                    )
+                if stored.fingerprint != fingerprint:
+                    return (
+                        *stripe_error(
+                            400,
+                            "Keys for idempotent requests can only be used with the same parameters they were "
+                            f"first used with. Try using a key other than '{key}' if you meant to execute a "
+                            "different request.",
+                            type_="idempotency_error",
+                        ),
+                        {},
+                    )
+                return stored.status, stored.body, {"Idempotent-Replayed": "true"}
+            stored = Stored(fingerprint)
+            self._keys[(scope, key)] = stored
+        try:
+            if fault := self.faults.take("hold", method, path):
+                await asyncio.sleep(fault.seconds)
+            if fault := self.faults.take("stored_error", method, path):
+                # Execution began and broke: Stripe stores the 500 and replays it for the key.
+                status, body = stripe_error(500, "An unknown error occurred", type_="api_error")
+            else:
+                try:
+                    status, body = await handler(request, params, scope)
+                except Invalid as exc:
+                    with self.lock:
+                        del self._keys[(scope, key)]  # not stored: safe to retry
+                    return (*exc.result, {})
+            with self.lock:
+                stored.status, stored.body, stored.done = status, body, True
+        except BaseException:
+            with self.lock:
+                self._keys.pop((scope, key), None)
+            raise
+        if 200 <= status < 300 and (fault := self.faults.take("error_after", method, path)):
+            return (*stripe_error(fault.status, "An unknown error occurred", type_="api_error"), {})
+        return status, body, {}
+
+    async def _run(
+        self,
+        request: Request,
+        handler: Callable[[Request, dict[str, Any], str], Awaitable[Result]],
+        params: dict[str, Any],
+        scope: str,
+    ) -> Result:
+        try:
+            return await handler(request, params, scope)
+        except Invalid as exc:
+            return exc.result
+
+    def rate_limit_next(
+        self,
+        *,
+        count: int = 1,
+        retry_after: float | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        legacy: bool = False,
+    ) -> None:
+        super().rate_limit_next(count=count, retry_after=retry_after, method=method, path=path)
+        if legacy:
+            self.faults.faults[-1].legacy = True
+
+    def store_error_next(self, *, count: int = 1, method: str = "POST", path: str | None = None) -> None:
+        """The next matching request starts executing and breaks with a 500 that Stripe stores under
+        its idempotency key: every retry with that key gets the same 500."""
+        self.faults.add(Fault("stored_error", method, path, count, status=500))
+
+    # -- transfers --------------------------------------------------------------------------------
+    async def _create_transfer(self, request: Request, params: dict[str, Any], scope: str) -> Result:
+        amount = positive_int(params, "amount")
+        code = currency(params)
+        destination = params.get("destination")
+        if not destination:
+            raise missing("destination")
+        with self.lock:
+            if destination not in self.accounts:
+                raise Invalid(
+                    stripe_error(
+                        400,
+                        f"No such destination: '{destination}'",
+                        code="resource_missing",
+                        param="destination",
+                    )
+                )
+            if self.balance_of(None, code) < amount:
+                # Execution started: Stripe stores this answer under the key.
+                return stripe_error(
+                    400,
+                    "You have insufficient available funds in your Stripe account. Try adding funds directly to "
+                    "your available balance by creating Charges using the 4000000000000077 test card. See: "
+                    "https://stripe.com/docs/testing#available-balance",
+                    code="balance_insufficient",
+                )
+            transfer = {
+                "id": random_id("tr_", 24),
+                "object": "transfer",
+                "amount": amount,
+                "amount_reversed": 0,
+                "balance_transaction": random_id("txn_", 24),
+                "created": int(time.time()),
+                "currency": code,
+                "description": None,
+                "destination": destination,
+                "destination_payment": random_id("py_", 24),
+                "livemode": False,
+                "metadata": params.get("metadata") or {},
+                "reversals": {"object": "list", "data": [], "has_more": False, "total_count": 0},
+                "reversed": False,
+                "source_transaction": params.get("source_transaction"),
+                "source_type": "card",
+                "transfer_group": params.get("transfer_group"),
+            }
+            transfer["reversals"]["url"] = f"/v1/transfers/{transfer['id']}/reversals"
+            self._add(PLATFORM, code, -amount)
+            self._add(destination, code, amount)
+            self.transfers[transfer["id"]] = transfer
+            return 200, json.loads(json.dumps(transfer))
+
+    async def _get_transfer(self, request: Request, params: dict[str, Any], scope: str) -> Result:
+        with self.lock:
+            transfer = self.transfers.get(request.path_params["id"])
+            if transfer is None or scope != PLATFORM:
+                return stripe_error(
+                    404,
+                    f"No such transfer: '{request.path_params['id']}'",
+                    code="resource_missing",
+                    param="id",
+                )
+            return 200, json.loads(json.dumps(transfer))
+
+    async def _reverse_transfer(self, request: Request, params: dict[str, Any], scope: str) -> Result:
+        with self.lock:
+            transfer = self.transfers.get(request.path_params["id"])
+            if transfer is None or scope != PLATFORM:
+                raise Invalid(
+                    stripe_error(
+                        404,
+                        f"No such transfer: '{request.path_params['id']}'",
+                        code="resource_missing",
+                        param="id",
+                    )
+                )
+            remaining = transfer["amount"] - transfer["amount_reversed"]
+            amount = positive_int(params, "amount") if "amount" in params else remaining
+            if amount > remaining:
+                raise Invalid(
+                    stripe_error(
+                        400, "The reversal amount exceeds the transfer's remaining amount.", param="amount"
+                    )
+                )
+            return self._apply_reversal(transfer, amount, params.get("metadata") or {})
+
+    def _apply_reversal(self, transfer: dict[str, Any], amount: int, metadata: dict[str, Any]) -> Result:
+        code, account = transfer["currency"], transfer["destination"]
+        if self.accounts[account].balance.get(code, 0) < amount:
+            return stripe_error(
+                400,
+                "The connected account's balance is too low to reverse this transfer.",
+                code="balance_insufficient",
+            )
+        reversal = {
+            "id": random_id("trr_", 24),
+            "object": "transfer_reversal",
+            "amount": amount,
+            "created": int(time.time()),
+            "currency": code,
+            "metadata": metadata,
+            "transfer": transfer["id"],
+        }
+        self._add(account, code, -amount)
+        self._add(PLATFORM, code, amount)
+        transfer["amount_reversed"] += amount
+        transfer["reversed"] = transfer["amount_reversed"] == transfer["amount"]
+        transfer["reversals"]["data"].append(reversal)
+        transfer["reversals"]["total_count"] += 1
+        return 200, dict(reversal)
+
+    def reverse_transfer(self, transfer_id: str) -> dict[str, Any]:
+        """Staff reversed a transfer in the Dashboard."""
+        with self.lock:
+            transfer = self.transfers[transfer_id]
+            status, body = self._apply_reversal(
+                transfer, transfer["amount"] - transfer["amount_reversed"], {}
+            )
+            assert status == 200, body
+            return json.loads(json.dumps(transfer))
+
+    # -- payouts ----------------------------------------------------------------------------------
+    async def _create_payout(self, request: Request, params: dict[str, Any], scope: str) -> Result:
+        amount = positive_int(params, "amount")
+        code = currency(params)
+        method = params.get("method", "standard")
+        if method not in {"standard", "instant"}:
+            raise Invalid(
+                stripe_error(400, "Invalid method: must be one of standard or instant", param="method")
+            )
+        descriptor = params.get("statement_descriptor")
+        if descriptor is not None and len(descriptor) > 22:
+            raise Invalid(
+                stripe_error(
+                    400,
+                    f"Invalid string: {descriptor}; must be at most 22 characters",
+                    param="statement_descriptor",
+                )
+            )
+        with self.lock:
+            externals = self.accounts[scope].external_accounts if scope != PLATFORM else ["ba_platformbank"]
+            destination = params.get("destination") or externals[0]
+            if destination not in externals:
+                raise Invalid(
+                    stripe_error(
+                        404,
+                        f"No such external account: '{destination}'",
+                        code="resource_missing",
+                        param="destination",
+                    )
+                )
+            available = self.balance_of(None if scope == PLATFORM else scope, code)
+            if available < amount:
+                return stripe_error(
+                    400,
+                    "You have insufficient funds in your Stripe account for this transfer. Your card balance is too "
+                    "low. You can use the /v1/balance endpoint to view your Stripe balance (for more details, see "
+                    "stripe.com/docs/api#balance).",
+                    code="balance_insufficient",
+                )
+            created = int(time.time())
+            payout = {
+                "id": random_id("po_", 24),
+                "object": "payout",
+                "amount": amount,
+                "arrival_date": created + 2 * 86400,
+                "automatic": False,
+                "balance_transaction": random_id("txn_", 24),
+                "created": created,
+                "currency": code,
+                "description": None,
+                "destination": destination,
+                "failure_balance_transaction": None,
+                "failure_code": None,
+                "failure_message": None,
+                "livemode": False,
+                "metadata": params.get("metadata") or {},
+                "method": method,
+                "original_payout": None,
+                "reversed_by": None,
+                "source_type": "card",
+                "statement_descriptor": descriptor,
+                "status": "pending",
+                "type": "bank_account",
+            }
+            self._add(scope, code, -amount)
+            self.payouts[payout["id"]] = payout
+            self.payout_account[payout["id"]] = scope
+            return 200, json.loads(json.dumps(payout))
+
+    def _payout_in_scope(self, payout_id: str, scope: str) -> dict[str, Any]:
+        payout = self.payouts.get(payout_id)
+        if payout is None or self.payout_account[payout_id] != scope:
+            raise Invalid(
+                stripe_error(404, f"No such payout: '{payout_id}'", code="resource_missing", param="id")
+            )
+        return payout
+
+    async def _get_payout(self, request: Request, params: dict[str, Any], scope: str) -> Result:
+        with self.lock:
+            return 200, json.loads(json.dumps(self._payout_in_scope(request.path_params["id"], scope)))
+
+    async def _cancel_payout(self, request: Request, params: dict[str, Any], scope: str) -> Result:
+        with self.lock:
+            payout = self._payout_in_scope(request.path_params["id"], scope)
+            if payout["status"] != "pending":
+                return stripe_error(400, "Payouts can only be canceled while they are pending.")
+            self._set(payout, "canceled")
+            return 200, json.loads(json.dumps(payout))
+
+    def set_payout_status(
+        self, payout_id: str, status: str, *, failure_code: str | None = None
+    ) -> dict[str, Any]:
+        """Move a payout along a documented transition (anything else is a test bug: ValueError)."""
+        with self.lock:
+            payout = self.payouts[payout_id]
+            if status not in TRANSITIONS[payout["status"]]:
+                raise ValueError(f"Stripe never moves a payout from {payout['status']} to {status}")
+            if status == "failed":
+                code = failure_code or "account_closed"
+                payout["failure_code"] = code
+                payout["failure_message"] = FAILURE_MESSAGES.get(code, "The payout failed.")
+                payout["failure_balance_transaction"] = random_id("txn_", 24)
+            self._set(payout, status)
+            return json.loads(json.dumps(payout))
+
+    def _set(self, payout: dict[str, Any], status: str) -> None:
+        if status in {"failed", "canceled"}:
+            self._add(self.payout_account[payout["id"]], payout["currency"], payout["amount"])
+        payout["status"] = status
+
+    # -- webhooks ---------------------------------------------------------------------------------
+    def event(self, object_id: str, event_type: str | None = None) -> dict[str, Any]:
+        """The event Stripe would send about this payout or transfer as it is now."""
+        with self.lock:
+            if object_id.startswith("po_"):
+                obj = json.loads(json.dumps(self.payouts[object_id]))
+                account = self.payout_account[object_id]
+                event_type = event_type or EVENT_FOR_STATUS[obj["status"]]
+            else:
+                obj = json.loads(json.dumps(self.transfers[object_id]))
+                account = PLATFORM
+                event_type = event_type or ("transfer.reversed" if obj["reversed"] else "transfer.created")
+        event: dict[str, Any] = {
+            "id": random_id("evt_", 24),
+            "object": "event",
+            "api_version": "2025-03-31.basil",
+            "created": int(time.time()),
+            "data": {"object": obj},
+            "livemode": False,
+            "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None},
+            "type": event_type,
+        }
+        if account != PLATFORM:
+            event["account"] = account  # Connect events name the connected account
+        return event
+
+    def sign(
+        self,
+        body: bytes,
+        *,
+        secret: str | None = None,
+        timestamp: int | None = None,
+        connect: bool = False,
+        test_mode_v0: bool = True,
+    ) -> dict[str, str]:
+        t = int(time.time()) if timestamp is None else timestamp
+        key = secret or (self.connect_webhook_secret if connect else self.webhook_secret)
+        v1 = hmac.new(key.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+        header = f"t={t},v1={v1}"
+        if test_mode_v0:
+            header += ",v0=" + hashlib.sha256(body).hexdigest()  # a dummy, as test mode sends
+        return {"Content-Type": "application/json; charset=utf-8", "Stripe-Signature": header}
+
+    def webhook(
+        self, object_id: str, event_type: str | None = None, **sign: Any
+    ) -> tuple[dict[str, str], bytes, dict[str, Any]]:
+        event = self.event(object_id, event_type)
+        body = json.dumps(event, indent=2).encode()  # Stripe pretty-prints its webhook bodies
+        sign.setdefault("connect", "account" in event)
+        return self.sign(body, **sign), body, event
+
+    async def deliver(
+        self,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, timeout=10.0) as client:
+            return await client.post(url, content=body, headers=headers)
