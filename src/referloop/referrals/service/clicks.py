@@ -1,0 +1,442 @@
+"""Share-link redirects and click recording.
+
+The redirect path never queries PostgreSQL when the link cache is warm: it reads what the link points
+at from Redis (filled from the database on a miss), appends the click to a Redis stream, and answers.
+`flush_clicks` (run by the worker) moves clicks from the stream to the `clicks` table in batches:
+
+    XAUTOCLAIM orphaned entries (or XREADGROUP new ones) -> one INSERT ... ON CONFLICT DO NOTHING
+    -> COMMIT -> XACK + XDEL
+
+A flusher that dies after reading leaves its entries pending in the consumer group; the next flush
+claims them once they have been idle `click_claim_idle_seconds`. One that dies after the commit but
+before the ack makes the next flush insert the same rows again, which the primary key (click id,
+time) turns into no-ops. So every click is stored exactly once, whatever crashes."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import crawleruseragents
+import orjson
+import structlog
+from redis.exceptions import ResponseError
+from sqlalchemy import ARRAY, Boolean, DateTime, LargeBinary, String, bindparam, func, select, text
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from referloop.core.db import utcnow
+from referloop.core.ids import uuid7
+from referloop.referrals.errors import LinkNotFound
+from referloop.referrals.models import Click, Program
+from referloop.referrals.service import cache
+from referloop.referrals.service.campaigns import link_windows
+from referloop.referrals.service.catalogue import visible_programs
+from referloop.referrals.service.codes import code_key, keyed_hash, resolve_code
+from referloop.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+STREAM = "referrals:clicks"
+GROUP = "flushers"
+# A click waiting in the stream is also kept under its id for an hour, so a sign-up that arrives
+# before the next flush can still be attributed to it.
+PENDING_CLICK_TTL_SECONDS = 3600
+_CODE_RE = re.compile(r"^[A-Za-z0-9]{4,20}$")
+_SHORT_RE = re.compile(r"^[A-Za-z0-9]{4,8}$")
+_COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
+_NOT_COUNTRIES = frozenset({"XX", "T1"})  # Cloudflare: unknown, Tor
+_PARTITION_LOCK_KEY = 0x524C434C4B53  # "RLCLKS"
+
+
+def pending_click_key(click_id: uuid.UUID | str) -> str:
+    return f"referrals:click:{click_id}"
+
+
+@lru_cache(maxsize=8192)
+def is_bot(user_agent: str | None) -> bool:
+    """Known crawlers by user agent (the maintained crawler-user-agents patterns); no user agent at
+    all is a script, not a browser. Cached: browsers send few distinct strings."""
+    if not user_agent:
+        return True
+    return bool(crawleruseragents.is_crawler(user_agent))
+
+
+def _country(value: str | None) -> str | None:
+    if value:
+        value = value.strip().upper()
+        if _COUNTRY_RE.match(value) and value not in _NOT_COUNTRIES:
+            return value
+    return None
+
+
+def with_params(url: str, params: dict[str, str]) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
+    return urlunsplit(parts._replace(query=urlencode([*query, *params.items()])))
+
+
+# -- resolving a slug -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LinkTarget:
+    program_id: str
+    landing_url: str
+    window_days: int
+    short_code: str
+    member_id: str | None  # None: the code belongs to no one (revoked or mistyped)
+    code: str | None
+
+
+def parse_slug(slug: str) -> tuple[str, str]:
+    code, sep, short = slug.rpartition("-")
+    if not sep or not _CODE_RE.match(code) or not _SHORT_RE.match(short):
+        raise LinkNotFound("This link does not exist.")
+    return code_key(code), code_key(short)
+
+
+async def _load_program(rt: Runtime, short: str) -> bytes | None:
+    async with rt.db.sessionmaker() as session:
+        row = (await session.execute(visible_programs().where(Program.short_code == short))).first()
+        if row is None:
+            return None
+        program = row[0]
+        windows = await link_windows(
+            session, [program.id], rt.settings.referral_attribution_window_days, utcnow()
+        )
+        return cache.program_value(program.id, program.landing_url, windows[program.id])
+
+
+async def _load_code(rt: Runtime, key: str) -> bytes | None:
+    async with rt.db.sessionmaker() as session:
+        resolved = await resolve_code(session, key)
+    return cache.code_value(resolved.member_id, resolved.code) if resolved else None
+
+
+async def resolve_slug(rt: Runtime, slug: str) -> LinkTarget:
+    key, short = parse_slug(slug)
+    ttl = rt.settings.referral_link_cache_ttl_seconds
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.get(cache.code_key(key))
+    pipe.get(cache.program_key(short))
+    raw_code, raw_program = await pipe.execute()
+
+    fill = rt.redis.pipeline(transaction=False)
+    if raw_program is None:
+        loaded = await _load_program(rt, short)
+        raw_program = loaded or cache.NEGATIVE
+        fill.set(cache.program_key(short), raw_program, ex=ttl if loaded else cache.NEGATIVE_TTL_SECONDS)
+    if raw_code is None:
+        loaded = await _load_code(rt, key)
+        raw_code = loaded or cache.NEGATIVE
+        fill.set(cache.code_key(key), raw_code, ex=ttl if loaded else cache.NEGATIVE_TTL_SECONDS)
+    if len(fill):
+        await fill.execute()
+
+    if raw_program == cache.NEGATIVE:
+        raise LinkNotFound("This link does not exist or its program is no longer offered.")
+    program = orjson.loads(raw_program)
+    member = orjson.loads(raw_code) if raw_code != cache.NEGATIVE else None
+    return LinkTarget(
+        program_id=program["p"],
+        landing_url=program["u"],
+        window_days=int(program["w"]),
+        short_code=short,
+        member_id=member["m"] if member else None,
+        code=member["c"] if member else None,
+    )
+
+
+# -- following a link -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    location: str
+    click_id: uuid.UUID | None  # set the cookie when present
+    max_age_seconds: int
+
+
+async def follow_link(
+    rt: Runtime,
+    slug: str,
+    *,
+    ip: str | None,
+    user_agent: str | None,
+    referer: str | None,
+    country: str | None,
+) -> Redirect:
+    """Where `/r/{slug}` sends the visitor, with the click buffered in Redis (never PostgreSQL)."""
+    target = await resolve_slug(rt, slug)
+    params = {"utm_source": "referloop", "utm_medium": "referral", "utm_campaign": target.short_code}
+    if target.member_id is None or target.code is None:
+        # The program exists but the code belongs to no one: still take the visitor there.
+        return Redirect(with_params(target.landing_url, params), None, 0)
+    bot = is_bot(user_agent)
+    click_id = uuid7()
+    now_ms = int(time.time() * 1000)
+    params["ref"] = target.code
+    if not bot:
+        params["rl_click"] = str(click_id)
+    fields: dict[str, str] = {
+        "i": str(click_id),
+        "t": str(now_ms),
+        "p": target.program_id,
+        "m": target.member_id,
+        "c": target.code,
+        "h": keyed_hash(rt, "ip", ip).hex() if ip else "",
+        "a": (user_agent or "")[:512],
+        "r": (referer or "")[:1024],
+        "g": _country(country) or "",
+        "b": "1" if bot else "0",
+    }
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.xadd(STREAM, fields)  # type: ignore[arg-type]
+    if not bot:
+        pipe.set(
+            pending_click_key(click_id),
+            orjson.dumps({"m": target.member_id, "p": target.program_id, "t": now_ms}),
+            ex=PENDING_CLICK_TTL_SECONDS,
+        )
+    await pipe.execute()
+    return Redirect(
+        with_params(target.landing_url, params), None if bot else click_id, target.window_days * 86400
+    )
+
+
+# -- flushing -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FlushResult:
+    read: int  # stream entries taken (new or reclaimed)
+    inserted: int  # clicks newly stored (the rest were already stored by a flusher that died)
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def _ensure_group(rt: Runtime) -> None:
+    try:
+        await rt.redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def _take(
+    rt: Runtime, count: int, idle_ms: int, consumer: str
+) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+    claimed = await rt.redis.xautoclaim(
+        STREAM, GROUP, consumer, min_idle_time=idle_ms, start_id="0-0", count=count
+    )
+    entries: list[tuple[bytes, dict[bytes, bytes] | None]] = list(claimed[1])
+    if entries:
+        return entries
+    answer: Any = await rt.redis.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=count)
+    return [e for _, stream_entries in answer for e in stream_entries] if answer else []
+
+
+async def take_batch(
+    rt: Runtime, count: int, *, idle_ms: int, consumer: str
+) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+    """Entries to store: first those orphaned by a flusher that died, else new ones."""
+    try:
+        return await _take(rt, count, idle_ms, consumer)
+    except ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            raise
+        await _ensure_group(rt)
+        return await _take(rt, count, idle_ms, consumer)
+
+
+def _row(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    f = {k.decode(): v.decode() for k, v in fields.items()}
+    return {
+        "id": uuid.UUID(f["i"]),
+        "clicked_at": datetime.fromtimestamp(int(f["t"]) / 1000, UTC),
+        "program_id": uuid.UUID(f["p"]),
+        "member_id": uuid.UUID(f["m"]),
+        "code": f["c"][:20],
+        "ip_hash": bytes.fromhex(f["h"]) if f.get("h") else None,
+        "user_agent": f.get("a") or None,
+        "referer": f.get("r") or None,
+        "country": f.get("g") or None,
+        "is_bot": f.get("b") == "1",
+    }
+
+
+_known_partitions: set[tuple[str, str]] = set()
+
+
+def _partition_name(moment: datetime) -> str:
+    return f"clicks_y{moment.year:04d}m{moment.month:02d}"
+
+
+async def ensure_partitions(rt: Runtime, moments: Sequence[datetime]) -> None:
+    """Monthly partitions of `clicks`, made on demand (under an advisory lock: flushers may race)."""
+    url = str(rt.db.engine.url)
+    wanted = {_partition_name(m): (m.year, m.month) for m in moments}
+    missing = {n: ym for n, ym in wanted.items() if (url, n) not in _known_partitions}
+    if not missing:
+        return
+    async with rt.db.engine.begin() as conn:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PARTITION_LOCK_KEY})
+        for name, (year, month) in sorted(missing.items()):
+            nyear, nmonth = (year + 1, 1) if month == 12 else (year, month + 1)
+            # Names and bounds come from integers, never from input.
+            await conn.execute(
+                text(
+                    f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF clicks FOR VALUES FROM "
+                    f"('{year:04d}-{month:02d}-01 00:00:00+00') TO ('{nyear:04d}-{nmonth:02d}-01 00:00:00+00')"
+                )
+            )
+    _known_partitions.update((url, n) for n in missing)
+
+
+_INSERT = text(
+    "INSERT INTO clicks (id, clicked_at, program_id, member_id, code, ip_hash, user_agent, referer, country, is_bot)"
+    " SELECT * FROM unnest(:id, :clicked_at, :program_id, :member_id, :code, :ip_hash, :user_agent, :referer,"
+    " :country, :is_bot)"
+    " ON CONFLICT (id, clicked_at) DO NOTHING RETURNING id"
+).bindparams(
+    bindparam("id", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("clicked_at", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("program_id", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("member_id", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("code", type_=ARRAY(String())),
+    bindparam("ip_hash", type_=ARRAY(LargeBinary())),
+    bindparam("user_agent", type_=ARRAY(String())),
+    bindparam("referer", type_=ARRAY(String())),
+    bindparam("country", type_=ARRAY(String())),
+    bindparam("is_bot", type_=ARRAY(Boolean())),
+)
+
+
+async def store_clicks(rt: Runtime, rows: list[dict[str, Any]]) -> int:
+    """One multi-row insert in its own transaction; returns how many rows were new."""
+    if not rows:
+        return 0
+    await ensure_partitions(rt, [r["clicked_at"] for r in rows])
+    columns = {name: [r[name] for r in rows] for name in rows[0]}
+    async with rt.db.sessionmaker() as session, session.begin():
+        inserted = len((await session.execute(_INSERT, columns)).all())
+    return inserted
+
+
+async def ack(rt: Runtime, entry_ids: Sequence[bytes]) -> None:
+    if entry_ids:
+        pipe = rt.redis.pipeline(transaction=True)
+        pipe.xack(STREAM, GROUP, *entry_ids)
+        pipe.xdel(STREAM, *entry_ids)
+        await pipe.execute()
+
+
+async def flush_clicks(
+    rt: Runtime,
+    max_batch: int | None = None,
+    *,
+    claim_idle_seconds: float | None = None,
+    consumer: str | None = None,
+) -> FlushResult:
+    """Store one batch of buffered clicks in PostgreSQL. Call it in a loop (see the worker); it
+    returns `read == 0` when the stream is drained."""
+    count = max_batch or rt.settings.click_flush_batch_size
+    idle = rt.settings.click_claim_idle_seconds if claim_idle_seconds is None else claim_idle_seconds
+    entries = await take_batch(
+        rt, count, idle_ms=int(idle * 1000), consumer=consumer or default_consumer_name()
+    )
+    if not entries:
+        return FlushResult(0, 0)
+    rows: list[dict[str, Any]] = []
+    seen: set[uuid.UUID] = set()
+    for entry_id, fields in entries:
+        if not fields:
+            continue  # deleted while pending
+        try:
+            row = _row(fields)
+        except (KeyError, ValueError, UnicodeDecodeError):
+            log.warning("click_entry_malformed", entry_id=entry_id.decode(errors="replace"))
+            continue  # acked below: a malformed entry would otherwise block the stream forever
+        if row["id"] not in seen:  # one statement cannot insert the same key twice
+            seen.add(row["id"])
+            rows.append(row)
+    inserted = await store_clicks(rt, rows)
+    await ack(rt, [entry_id for entry_id, _ in entries])
+    return FlushResult(len(entries), inserted)
+
+
+async def flush_all_clicks(rt: Runtime, max_batch: int | None = None, **kwargs: Any) -> FlushResult:
+    """Flush until the stream has nothing left to take (tests, shutdown, the CLI)."""
+    read = inserted = 0
+    while True:
+        result = await flush_clicks(rt, max_batch, **kwargs)
+        read, inserted = read + result.read, inserted + result.inserted
+        if result.read == 0:
+            return FlushResult(read, inserted)
+
+
+# -- reading clicks -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClickFact:
+    id: uuid.UUID
+    member_id: uuid.UUID
+    program_id: uuid.UUID
+    clicked_at: datetime
+    is_bot: bool
+
+
+async def find_click(session: AsyncSession, rt: Runtime, click_id: uuid.UUID) -> ClickFact | None:
+    """A stored click, or one still waiting in Redis for the next flush."""
+    row = (
+        await session.execute(
+            select(Click.member_id, Click.program_id, Click.clicked_at, Click.is_bot).where(
+                Click.id == click_id
+            )
+        )
+    ).first()
+    if row is not None:
+        return ClickFact(click_id, row[0], row[1], row[2], row[3])
+    pending = await rt.redis.get(pending_click_key(click_id))
+    if pending is None:
+        return None
+    data = orjson.loads(pending)
+    return ClickFact(
+        click_id,
+        uuid.UUID(data["m"]),
+        uuid.UUID(data["p"]),
+        datetime.fromtimestamp(int(data["t"]) / 1000, UTC),
+        False,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClickCounts:
+    human: int
+    bot: int
+
+
+async def click_counts(
+    session: AsyncSession, *, program_id: uuid.UUID | None = None, member_id: uuid.UUID | None = None
+) -> ClickCounts:
+    """Stored clicks, humans and bots apart (analytics serve rollups; this is for staff and tests)."""
+    stmt = select(func.count().filter(Click.is_bot.is_(False)), func.count().filter(Click.is_bot.is_(True)))
+    if program_id is not None:
+        stmt = stmt.where(Click.program_id == program_id)
+    if member_id is not None:
+        stmt = stmt.where(Click.member_id == member_id)
+    human, bot = (await session.execute(stmt)).one()
+    return ClickCounts(int(human), int(bot))
