@@ -6,11 +6,13 @@ from referloop.core.idempotency import IdempotencyRecord
 from referloop.disputes.models import Dispute, DisputeMessage
 from referloop.core.outbox.models import DeadLetter, InboxRecord, OutboxEvent
 from referloop.identity.models import AuthSession, OneTimeCode, RefreshToken, User
+from referloop.ledger.models import JournalEntry, LedgerAccount, PendingTransfer, Posting
 from referloop.payouts.methods.models import PayoutMethod
 from referloop.referrals.models import (Attribution, Campaign, CampaignProgram, Click, MemberDevice, Program,
                                         University, VanityCode)
 
 __all__ = [
+    "JournalEntry", "LedgerAccount", "PendingTransfer", "Posting",
     "Dispute",
     "DisputeMessage","AuditEntry", "IdempotencyRecord", "PayoutMethod", "AuthSession", "Base", "DeadLetter", "InboxRecord", "OneTimeCode", "OutboxEvent",
            "RefreshToken", "User",
