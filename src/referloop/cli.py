@@ -24,6 +24,10 @@ from referloop.payouts.methods.cli import keys_app  # noqa: E402
 
 app.add_typer(keys_app, name="keys")
 
+from referloop.ledger.cli import ledger_app  # noqa: E402
+
+app.add_typer(ledger_app, name="ledger")
+
 T = TypeVar("T")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
