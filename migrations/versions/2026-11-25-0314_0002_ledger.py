@@ -156,6 +156,8 @@ def upgrade() -> None:
             ["destination_account_id"],
             ["ledger_accounts.id"],
             name=op.f("fk_ledger_pending_transfers_destination_account_id_ledger_accounts"),
+            initially="DEFERRED",
+            deferrable=True,
         ),
         sa.ForeignKeyConstraint(
             ["final_entry_id"],

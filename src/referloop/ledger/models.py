@@ -173,7 +173,10 @@ class PendingTransfer(Base):
     account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("ledger_accounts.id"))
     # Where a voided earning goes back to (the platform account that funded it).
     counterparty_account_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("ledger_accounts.id"))
-    destination_account_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("ledger_accounts.id"))
+    # Where a posted hold went. Set with the status, before the entry creates that account: deferred.
+    destination_account_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("ledger_accounts.id", deferrable=True, initially="DEFERRED")
+    )
     currency: Mapped[str] = mapped_column(String(3))
     amount: Mapped[int] = mapped_column(BigInteger)
     posted_amount: Mapped[int | None] = mapped_column(BigInteger)

@@ -211,6 +211,7 @@ async def _apply(
     metadata: dict[str, Any] | None,
     entry_id: uuid.UUID | None = None,
     reverses: uuid.UUID | None = None,
+    shards: dict[AccountRef, int] | None = None,
 ) -> PostedEntry:
     entry, _ = await _apply_with_accounts(
         session,
@@ -222,6 +223,7 @@ async def _apply(
         metadata=metadata,
         entry_id=entry_id,
         reverses=reverses,
+        shards=shards,
     )
     return entry
 
@@ -237,8 +239,10 @@ async def _apply_with_accounts(
     metadata: dict[str, Any] | None,
     entry_id: uuid.UUID | None = None,
     reverses: uuid.UUID | None = None,
+    shards: dict[AccountRef, int] | None = None,
 ) -> tuple[PostedEntry, dict[tuple[AccountRef, str], uuid.UUID]]:
-    """Apply an entry; also return which account row (shard) each logical account used."""
+    """Apply an entry; also return which account row (shard) each logical account used.
+    `shards` pins a hot account to a given shard (a void returns money to the very row it left)."""
     _validate(entry_type, idempotency_key, lines, reference_type, reference_id)
     meta = _canonical(metadata or {})
     if not isinstance(meta, dict):
@@ -249,7 +253,7 @@ async def _apply_with_accounts(
     rows: dict[tuple[AccountRef, str], AccountRow] = {}
     for line in lines:
         if (line.ref, line.currency) not in rows:
-            shard = pick_shard(line.ref)
+            shard = shards[line.ref] if shards and line.ref in shards else pick_shard(line.ref)
             rows[(line.ref, line.currency)] = AccountRow(
                 account_id(line.ref, line.currency, shard), line.ref, line.currency, shard
             )

@@ -233,9 +233,9 @@ async def _resolve(
         if not _is_positive_int(amount):
             raise InvalidPosting("The amount to post is a positive integer of minor units.")
     currency = transfer.currency
-    dest_id = None
-    if destination is not None:
-        dest_id = account_id(destination, currency, pick_shard(destination))
+    # Shards are chosen here, so the row recorded on the transfer is the one the entry moves.
+    dest_shard = pick_shard(destination) if destination is not None else 0
+    dest_id = account_id(destination, currency, dest_shard) if destination is not None else None
     final_entry_id = uuid7()
     posted_amount = amount if status is PendingStatus.posted else None
     # The guard is the WHERE clause: only a pending transfer changes, and never above its amount.
@@ -268,8 +268,12 @@ async def _resolve(
     assert posted is not None
     rest = total - posted
     lines: list[_Line]
+    shards: dict[AccountRef, int] = {}
+    if destination is not None:
+        shards[destination] = dest_shard
     if kind is PendingKind.earning:
-        source = await _ref_of(session, transfer.counterparty_account_id)
+        source, source_shard = await _ref_of(session, transfer.counterparty_account_id)
+        shards[source] = source_shard  # back to the very row it came from
         lines = [_Line(wallet, Bucket.pending, currency, -total)]
         if posted:
             lines.append(_Line(wallet, Bucket.available, currency, posted))
@@ -279,8 +283,7 @@ async def _resolve(
         lines = [_Line(wallet, Bucket.held, currency, -total)]
         if posted:
             assert destination is not None
-            bucket = Bucket.available
-            lines.append(_Line(destination, bucket, currency, posted))
+            lines.append(_Line(destination, Bucket.available, currency, posted))
         if rest:
             lines.append(_Line(wallet, Bucket.available, currency, rest))
     entry = await _apply(
@@ -299,6 +302,7 @@ async def _resolve(
             "posted_amount": posted,
         },
         entry_id=final_entry_id,
+        shards=shards,
     )
     return PendingResult(transfer, entry)
 
@@ -332,15 +336,15 @@ async def _lost(
     return PendingResult(transfer, PostedEntry(id=entry.id, created_at=entry.created_at, replayed=True))
 
 
-async def _ref_of(session: AsyncSession, account: uuid.UUID | None) -> AccountRef:
+async def _ref_of(session: AsyncSession, account: uuid.UUID | None) -> tuple[AccountRef, int]:
     row = (
         await session.execute(
-            select(LedgerAccount.code, LedgerAccount.member_id, LedgerAccount.scope).where(
-                LedgerAccount.id == account
-            )
+            select(
+                LedgerAccount.code, LedgerAccount.member_id, LedgerAccount.scope, LedgerAccount.shard
+            ).where(LedgerAccount.id == account)
         )
     ).one()
-    return AccountRef(AccountCode(row.code), member_id=row.member_id, scope=row.scope)
+    return AccountRef(AccountCode(row.code), member_id=row.member_id, scope=row.scope), row.shard
 
 
 async def post_pending(
