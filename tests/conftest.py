@@ -165,3 +165,47 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def unique() -> Iterator[str]:
     yield uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="session")
+def razorpayx_server() -> Iterator[object]:
+    """A local RazorpayX on a loopback port, one per worker (tests/fakes/razorpayx_server.py)."""
+    from tests.fakes import FakeRazorpayX
+
+    fake = FakeRazorpayX()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake_razorpayx(razorpayx_server: object) -> Iterator[object]:
+    """The worker's local RazorpayX; faults and account switches a test set are undone after it."""
+    from tests.fakes import FakeRazorpayX
+
+    assert isinstance(razorpayx_server, FakeRazorpayX)
+    yield razorpayx_server
+    razorpayx_server.reset_faults()
+    razorpayx_server.balance = 10**12
+    razorpayx_server.approval_workflow = False
+
+
+@pytest.fixture(scope="session")
+def stripe_server() -> Iterator[object]:
+    """A local Stripe (Connect transfers and payouts) on a loopback port (tests/fakes/stripe_server.py)."""
+    from tests.fakes import FakeStripe
+
+    fake = FakeStripe()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake_stripe(stripe_server: object) -> Iterator[object]:
+    from tests.fakes import FakeStripe
+
+    assert isinstance(stripe_server, FakeStripe)
+    yield stripe_server
+    stripe_server.reset_faults()
+    stripe_server.platform_balance.clear()
