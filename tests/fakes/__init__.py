@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import SecretStr
+
 from referloop.config import Environment, Settings
 from tests.fakes.razorpayx_server import FakeRazorpayX
 from tests.fakes.stripe_server import FakeStripe
@@ -39,4 +41,36 @@ def provider_settings(
     return Settings.model_validate(values)
 
 
-__all__ = ["FakeRazorpayX", "FakeStripe", "provider_settings"]
+def provider_env(razorpayx: FakeRazorpayX | None = None, stripe: FakeStripe | None = None) -> dict[str, str]:
+    """The same as environment variables, for a worker started as a subprocess (crash tests)."""
+    settings = provider_settings(razorpayx, stripe)
+    names = [
+        "payout_provider_timeout_seconds",
+        "payout_provider_retry_base_seconds",
+        "payout_provider_retry_max_seconds",
+    ]
+    if razorpayx is not None:
+        names += [
+            "razorpayx_base_url",
+            "razorpayx_key_id",
+            "razorpayx_key_secret",
+            "razorpayx_account_number",
+            "razorpayx_webhook_secret",
+        ]
+    if stripe is not None:
+        names += [
+            "stripe_base_url",
+            "stripe_api_key",
+            "stripe_webhook_secret",
+            "stripe_connect_webhook_secret",
+        ]
+    env: dict[str, str] = {}
+    for name in names:
+        value = getattr(settings, name)
+        env[f"REFERLOOP_{name.upper()}"] = str(
+            value.get_secret_value() if isinstance(value, SecretStr) else value
+        )
+    return env
+
+
+__all__ = ["FakeRazorpayX", "FakeStripe", "provider_env", "provider_settings"]

@@ -459,6 +459,11 @@ class FakeRazorpayX(FakeBase):
             payout["status"] = status
             return dict(payout)
 
+    def expire_idempotency_keys(self) -> None:
+        """What 7 days do: every key may be used again, and would make a new payout."""
+        with self.lock:
+            self._keys.clear()
+
     def payouts_for_reference(self, reference: str) -> list[dict[str, Any]]:
         with self.lock:
             return [dict(p) for p in self.payouts.values() if p["reference_id"] == reference]

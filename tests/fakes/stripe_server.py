@@ -166,9 +166,11 @@ class FakeStripe(FakeBase):
         self.app = Starlette(
             routes=[
                 Route("/v1/transfers", self._wrap(self._create_transfer), methods=["POST"]),
+                Route("/v1/transfers", self._wrap(self._list_transfers), methods=["GET"]),
                 Route("/v1/transfers/{id}", self._wrap(self._get_transfer), methods=["GET"]),
                 Route("/v1/transfers/{id}/reversals", self._wrap(self._reverse_transfer), methods=["POST"]),
                 Route("/v1/payouts", self._wrap(self._create_payout), methods=["POST"]),
+                Route("/v1/payouts", self._wrap(self._list_payouts), methods=["GET"]),
                 Route("/v1/payouts/{id}", self._wrap(self._get_payout), methods=["GET"]),
                 Route("/v1/payouts/{id}/cancel", self._wrap(self._cancel_payout), methods=["POST"]),
             ]
@@ -342,6 +344,11 @@ class FakeStripe(FakeBase):
         if legacy:
             self.faults.faults[-1].legacy = True
 
+    def expire_idempotency_keys(self) -> None:
+        """What 24 hours may do: Stripe prunes keys, which may then be used again."""
+        with self.lock:
+            self._keys.clear()
+
     def store_error_next(self, *, count: int = 1, method: str = "POST", path: str | None = None) -> None:
         """The next matching request starts executing and breaks with a 500 that Stripe stores under
         its idempotency key: every retry with that key gets the same 500."""
@@ -397,6 +404,32 @@ class FakeStripe(FakeBase):
             self._add(destination, code, amount)
             self.transfers[transfer["id"]] = transfer
             return 200, json.loads(json.dumps(transfer))
+
+    @staticmethod
+    def _list(url: str, items: list[dict[str, Any]], params: dict[str, Any]) -> Result:
+        limit = int(params.get("limit", 10))
+        if not 1 <= limit <= 100:
+            raise Invalid(
+                stripe_error(400, "Invalid integer: limit must be between 1 and 100", param="limit")
+            )
+        items = sorted(items, key=lambda o: o["created"], reverse=True)  # newest first
+        data = json.loads(json.dumps(items[:limit]))
+        return 200, {"object": "list", "data": data, "has_more": len(items) > limit, "url": url}
+
+    async def _list_transfers(self, request: Request, params: dict[str, Any], scope: str) -> Result:
+        group = params.get("transfer_group")
+        with self.lock:
+            items = [
+                t
+                for t in self.transfers.values()
+                if scope == PLATFORM and (group is None or t["transfer_group"] == group)
+            ]
+            return self._list("/v1/transfers", items, params)
+
+    async def _list_payouts(self, request: Request, params: dict[str, Any], scope: str) -> Result:
+        with self.lock:
+            items = [p for p in self.payouts.values() if self.payout_account[p["id"]] == scope]
+            return self._list("/v1/payouts", items, params)
 
     async def _get_transfer(self, request: Request, params: dict[str, Any], scope: str) -> Result:
         with self.lock:

@@ -42,7 +42,7 @@ from referloop.payouts.providers import (
 )
 from referloop.payouts.providers import razorpayx as rzp
 from referloop.payouts.providers import stripe as stp
-from tests.fakes import FakeRazorpayX, FakeStripe, provider_settings
+from tests.fakes import FakeRazorpayX, FakeStripe, provider_env, provider_settings
 
 BANK = BankAccountDestination(holder_name="Asha Rao", account_number="50100234567890", ifsc="HDFC0001234")
 
@@ -420,6 +420,22 @@ class TestRazorpayXStatus:
             await razorpayx.get_payout("pout_DoesNotExist01")
         assert caught.value.detail == "The id provided does not exist"
         assert caught.value.http_status == 400  # Razorpay says 400, not 404
+
+    async def test_payouts_are_found_by_our_reference_after_the_key_expired(
+        self, razorpayx: RazorpayXProvider, fake_razorpayx: FakeRazorpayX
+    ) -> None:
+        request = inr_request()
+        first = await razorpayx.create_payout(request)
+        fake_razorpayx.expire_idempotency_keys()
+
+        # Why find_payouts exists: once the key has expired, asking again pays a second time.
+        second = await razorpayx.create_payout(request)
+        assert second.provider_payout_id != first.provider_payout_id
+        found = await razorpayx.find_payouts(request.reference)
+
+        assert {p.provider_payout_id for p in found} == {first.provider_payout_id, second.provider_payout_id}
+        assert all(p.reference == request.reference for p in found)
+        assert await razorpayx.find_payouts(new_ref()) == []
 
     def test_the_fake_refuses_undocumented_transitions(self, fake_razorpayx: FakeRazorpayX) -> None:
         payout_id = "pout_" + uuid.uuid4().hex[:14]
@@ -857,6 +873,53 @@ class TestStripeStatus:
             await stripe.get_payout(f"{other}/{po}")  # a payout is only visible on its own account
 
 
+class TestStripeFind:
+    async def test_a_payout_is_found_by_our_reference(
+        self, stripe: StripeConnectProvider, fake_stripe: FakeStripe
+    ) -> None:
+        account = fake_stripe.add_account()
+        request = stripe_request(account)
+        created = await stripe.create_payout(request)
+
+        assert [p.provider_payout_id for p in await stripe.find_payouts(request.reference)] == [
+            created.provider_payout_id
+        ]
+        assert await stripe.find_payouts(new_ref()) == []
+
+    async def test_a_transfer_whose_payout_never_happened_is_pending_until_asked_again(
+        self, stripe: StripeConnectProvider, fake_stripe: FakeStripe
+    ) -> None:
+        account = fake_stripe.add_account()
+        request = stripe_request(account)
+        fake_stripe.fail_next(503, count=3, path="/v1/payouts")
+        with pytest.raises(ProviderUnavailable):
+            await stripe.create_payout(request)
+
+        [waiting] = await stripe.find_payouts(request.reference)
+        assert (waiting.status, waiting.provider_status) == (PayoutStatus.pending, "transferred")
+        assert waiting.provider_payout_id.startswith("tr_")
+        assert fake_stripe.balance_of(account, "usd") == 42_00  # on the connected account
+
+        finished = await stripe.create_payout(request)  # same key: the transfer is replayed, not repeated
+        assert [p.provider_payout_id for p in await stripe.find_payouts(request.reference)] == [
+            finished.provider_payout_id
+        ]
+        assert _transfers_for(fake_stripe, request.reference) == 1
+
+    async def test_a_reversed_transfer_is_found_as_reversed(
+        self, stripe: StripeConnectProvider, fake_stripe: FakeStripe
+    ) -> None:
+        account = fake_stripe.add_account()
+        request = stripe_request(
+            account, destination=StripeAccountDestination(account_id=account, external_account_id="ba_gone")
+        )
+        with pytest.raises(PayoutRejected):
+            await stripe.create_payout(request)
+
+        [found] = await stripe.find_payouts(request.reference)
+        assert found.status is PayoutStatus.reversed
+
+
 class TestStripeWebhooks:
     async def _payout_event(
         self, stripe: StripeConnectProvider, fake: FakeStripe, **sign: Any
@@ -1091,6 +1154,18 @@ class TestRequestAndFactory:
         finally:
             for provider in built.values():
                 await provider.aclose()
+
+    def test_a_subprocess_gets_the_same_provider_settings_from_its_environment(
+        self, fake_razorpayx: FakeRazorpayX, fake_stripe: FakeStripe, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from referloop.config import Settings
+
+        for name, value in provider_env(fake_razorpayx, fake_stripe).items():
+            monkeypatch.setenv(name, value)
+        settings = Settings()
+        assert settings.razorpayx_base_url == fake_razorpayx.url
+        assert settings.razorpayx_key_secret.get_secret_value() == fake_razorpayx.key_secret
+        assert settings.stripe_api_key.get_secret_value() == fake_stripe.api_key
 
     def test_production_needs_the_chosen_providers_credentials(self) -> None:
         from referloop.config import Settings

@@ -175,6 +175,12 @@ class PayoutProvider(Protocol):
 
     async def get_payout(self, provider_payout_id: str) -> ProviderPayout: ...
 
+    async def find_payouts(self, reference: str) -> list[ProviderPayout]:
+        """The payouts made for our reference (the withdrawal id). It finds a payout whose id we
+        never saved once its idempotency key has expired (RazorpayX keeps keys 7 days, Stripe may
+        prune them after 24 hours): past that, asking `create_payout` again would pay twice."""
+        ...
+
     def verify_webhook(self, headers: Mapping[str, str], raw_body: bytes) -> WebhookEvent:
         """Check the signature over the raw body and parse it; raise WebhookVerificationError if the
         signature (or its timestamp) is not right. Header names are case-insensitive."""

@@ -75,6 +75,7 @@ class ProviderHttp:
         *,
         json: dict[str, Any] | None = None,
         form: Sequence[tuple[str, str]] | None = None,
+        params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Send until it succeeds, fails for good, or attempts run out; always the same bytes."""
@@ -92,7 +93,9 @@ class ProviderHttp:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._once(method, path, json=json, content=content, headers=request_headers)
+                return await self._once(
+                    method, path, json=json, content=content, params=params, headers=request_headers
+                )
         raise AssertionError("tenacity re-raises the last error")  # pragma: no cover
 
     async def _once(
@@ -102,13 +105,16 @@ class ProviderHttp:
         *,
         json: dict[str, Any] | None,
         content: bytes | None,
+        params: dict[str, str] | None,
         headers: dict[str, str],
     ) -> dict[str, Any]:
         # A read changes nothing, so only a write can leave us not knowing what happened.
         writes = method != "GET"
         started = time.perf_counter()
         try:
-            response = await self._client.request(method, path, json=json, content=content, headers=headers)
+            response = await self._client.request(
+                method, path, json=json, content=content, params=params, headers=headers
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ProviderUnavailable(
                 f"Could not connect to {self.provider}: {exc!r}",

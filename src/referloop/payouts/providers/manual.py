@@ -89,6 +89,9 @@ class ManualProvider:
             "Manual payouts are tracked in our own records: staff record their outcome.", provider=NAME
         )
 
+    async def find_payouts(self, reference: str) -> list[ProviderPayout]:
+        return []  # nothing exists anywhere but in our records
+
     def verify_webhook(self, headers: Mapping[str, str], raw_body: bytes) -> WebhookEvent:
         raise WebhookVerificationError("The manual payout provider receives no webhooks.")
 

@@ -220,6 +220,16 @@ class RazorpayXProvider:
             )
         return payout_from(await self._http.request("GET", f"/v1/payouts/{provider_payout_id}"))
 
+    async def find_payouts(self, reference: str) -> list[ProviderPayout]:
+        # api/x/payouts/fetch-all.md: filter by reference_id (newest first, at most 100 a page; one
+        # withdrawal has one payout, a few at most after staff retries).
+        body = await self._http.request(
+            "GET",
+            "/v1/payouts",
+            params={"account_number": self._account_number, "reference_id": reference, "count": "100"},
+        )
+        return [payout_from(item) for item in body.get("items", []) if item.get("reference_id") == reference]
+
     def verify_webhook(self, headers: Mapping[str, str], raw_body: bytes) -> WebhookEvent:
         h = lower_headers(headers)
         signature = h.get("x-razorpay-signature", "")

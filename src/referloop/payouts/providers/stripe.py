@@ -318,6 +318,39 @@ class StripeConnectProvider:
         obj = await self._http.request("GET", f"/v1/payouts/{object_id}", headers=headers)
         return payout_from(obj, account or None)
 
+    async def find_payouts(self, reference: str) -> list[ProviderPayout]:
+        """Transfers are listed by `transfer_group` (our reference); each one's payout is found on its
+        connected account by the `referloop_transfer` metadata we set. A transfer whose payout was
+        never made is reported as `pending` (the money waits on the connected account)."""
+        transfers = await self._http.request(
+            "GET", "/v1/transfers", params={"transfer_group": reference, "limit": "100"}
+        )
+        found: list[ProviderPayout] = []
+        for transfer in transfers.get("data", []):
+            if not self._connect_payouts:
+                found.append(transfer_from(transfer))
+                continue
+            account = str(transfer["destination"])
+            payouts = await self._http.request(
+                "GET", "/v1/payouts", params={"limit": "100"}, headers={"Stripe-Account": account}
+            )
+            matched = [
+                payout_from(p, account)
+                for p in payouts.get("data", [])
+                if (p.get("metadata") or {}).get("referloop_transfer") == transfer["id"]
+            ]
+            if matched:
+                found.extend(matched)
+            elif transfer.get("reversed"):
+                found.append(transfer_from(transfer))  # taken back: reversed
+            else:
+                found.append(
+                    transfer_from(transfer).model_copy(
+                        update={"status": PayoutStatus.pending, "provider_status": "transferred"}
+                    )
+                )
+        return found
+
     def verify_webhook(self, headers: Mapping[str, str], raw_body: bytes) -> WebhookEvent:
         header = lower_headers(headers).get("stripe-signature", "")
         if not header:
