@@ -216,6 +216,44 @@ class TestRazorpayXCreate:
         assert len(payout_posts(fake_razorpayx, request.idempotency_key)) == 3  # payout_provider_max_attempts
         assert request.idempotency_key not in fake_razorpayx.created_by_key
 
+    async def test_a_timed_out_request_that_still_paid_is_found_by_the_retry(
+        self, fake_razorpayx: FakeRazorpayX
+    ) -> None:
+        # We give up waiting after 0.2 s; Razorpay finishes the payout anyway at 0.5 s. The retries
+        # meet "key in use" while it runs, then get the payout it made: one payout, never two.
+        settings = provider_settings(
+            fake_razorpayx,
+            payout_provider_timeout_seconds=0.2,
+            payout_provider_max_attempts=10,
+            payout_provider_retry_base_seconds=0.1,
+        )
+        provider = RazorpayXProvider(settings)
+        request = inr_request()
+        fake_razorpayx.hold_next(0.5, path="/v1/payouts")
+        try:
+            payout = await provider.create_payout(request)
+        finally:
+            await provider.aclose()
+
+        assert fake_razorpayx.created_by_key[request.idempotency_key] == [payout.provider_payout_id]
+        statuses = [a.status for a in payout_posts(fake_razorpayx, request.idempotency_key)]
+        assert statuses[-1] == 200 and len(statuses) >= 2
+
+    async def test_an_unreachable_provider_is_retryable_and_certainly_did_nothing(self) -> None:
+        import socket
+
+        with socket.socket() as sock:  # a port nobody listens on
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        settings = provider_settings(razorpayx_base_url=f"http://127.0.0.1:{port}")
+        provider = RazorpayXProvider(settings)
+        try:
+            with pytest.raises(ProviderUnavailable) as caught:
+                await provider.create_payout(inr_request())
+        finally:
+            await provider.aclose()
+        assert caught.value.retryable and not caught.value.outcome_unknown
+
     async def test_same_key_with_another_body_is_refused_and_pays_nothing_more(
         self, razorpayx: RazorpayXProvider, fake_razorpayx: FakeRazorpayX
     ) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import orjson
 import structlog
 from tenacity import (
     AsyncRetrying,
@@ -79,9 +80,13 @@ class ProviderHttp:
         headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Send until it succeeds, fails for good, or attempts run out; always the same bytes."""
+        # Encoded once: every attempt sends these very bytes (a provider compares retries' bodies).
         content: bytes | None = None
         request_headers = dict(headers or {})
-        if form is not None:
+        if json is not None:
+            content = orjson.dumps(json)
+            request_headers["Content-Type"] = "application/json"
+        elif form is not None:
             content = urlencode(list(form)).encode()
             request_headers["Content-Type"] = "application/x-www-form-urlencoded"
         retrying = AsyncRetrying(
@@ -93,9 +98,7 @@ class ProviderHttp:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._once(
-                    method, path, json=json, content=content, params=params, headers=request_headers
-                )
+                return await self._once(method, path, content=content, params=params, headers=request_headers)
         raise AssertionError("tenacity re-raises the last error")  # pragma: no cover
 
     async def _once(
@@ -103,7 +106,6 @@ class ProviderHttp:
         method: str,
         path: str,
         *,
-        json: dict[str, Any] | None,
         content: bytes | None,
         params: dict[str, str] | None,
         headers: dict[str, str],
@@ -113,7 +115,7 @@ class ProviderHttp:
         started = time.perf_counter()
         try:
             response = await self._client.request(
-                method, path, json=json, content=content, params=params, headers=headers
+                method, path, content=content, params=params, headers=headers
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ProviderUnavailable(
