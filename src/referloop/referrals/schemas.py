@@ -13,6 +13,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -23,19 +25,27 @@ from referloop.referrals.models import BudgetPeriod, CampaignState, ProgramLevel
 Slug = Annotated[str, StringConstraints(min_length=2, max_length=100, pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Description = Annotated[str, StringConstraints(max_length=10_000)]
-CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$", to_upper=True)]
-CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$", to_upper=True)]
+CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{2}$", to_upper=True)]
+CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$", to_upper=True)]
 ReasonText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
-def _http_url(value: AnyHttpUrl) -> str:
-    text = str(value)
+_HTTP_URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl)
+
+
+def _http_url(value: str) -> str:
+    text = str(_HTTP_URL.validate_python(value))
     if len(text) > 2048:
         raise ValueError("URLs are limited to 2048 characters.")
     return text
 
 
-Url = Annotated[AnyHttpUrl, AfterValidator(_http_url)]
+Url = Annotated[
+    str,
+    StringConstraints(max_length=2048),
+    AfterValidator(_http_url),
+    WithJsonSchema({"type": "string", "format": "uri"}),
+]
 
 VANITY_MIN, VANITY_MAX = 4, 20
 VanityCodeText = Annotated[
