@@ -3,18 +3,46 @@
 from referloop.compliance.audit.models import AuditEntry
 from referloop.core.db import Base
 from referloop.core.idempotency import IdempotencyRecord
-from referloop.disputes.models import Dispute, DisputeMessage
 from referloop.core.outbox.models import DeadLetter, InboxRecord, OutboxEvent
+from referloop.disputes.models import Dispute, DisputeMessage
 from referloop.identity.models import AuthSession, OneTimeCode, RefreshToken, User
 from referloop.ledger.models import JournalEntry, LedgerAccount, PendingTransfer, Posting
 from referloop.payouts.methods.models import PayoutMethod
-from referloop.referrals.models import (Attribution, Campaign, CampaignProgram, Click, MemberDevice, Program,
-                                        University, VanityCode)
+from referloop.referrals.models import (
+    Attribution,
+    Campaign,
+    CampaignProgram,
+    Click,
+    MemberDevice,
+    Program,
+    University,
+    VanityCode,
+)
 
 __all__ = [
-    "JournalEntry", "LedgerAccount", "PendingTransfer", "Posting",
+    "Attribution",
+    "AuditEntry",
+    "AuthSession",
+    "Base",
+    "Campaign",
+    "CampaignProgram",
+    "Click",
+    "DeadLetter",
     "Dispute",
-    "DisputeMessage","AuditEntry", "IdempotencyRecord", "PayoutMethod", "AuthSession", "Base", "DeadLetter", "InboxRecord", "OneTimeCode", "OutboxEvent",
-           "RefreshToken", "User",
-           "Attribution", "Campaign", "CampaignProgram", "Click", "MemberDevice", "Program", "University",
-           "VanityCode"]
+    "DisputeMessage",
+    "IdempotencyRecord",
+    "InboxRecord",
+    "JournalEntry",
+    "LedgerAccount",
+    "MemberDevice",
+    "OneTimeCode",
+    "OutboxEvent",
+    "PayoutMethod",
+    "PendingTransfer",
+    "Posting",
+    "Program",
+    "RefreshToken",
+    "University",
+    "User",
+    "VanityCode",
+]
