@@ -10,7 +10,7 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -148,6 +148,25 @@ def app(runtime: Runtime) -> FastAPI:
     return create_app(runtime.settings, runtime=runtime)
 
 
+@pytest.fixture
+async def app_factory(
+    database_url: str, redis_url: str, tmp_var: Path
+) -> AsyncIterator[Callable[..., FastAPI]]:
+    """Builds another app on the same database and Redis with some settings changed (tiny rate
+    limits, no refresh grace, other signing keys). Its runtime is `app.state.runtime`; it is closed
+    when the test ends."""
+    built: list[Runtime] = []
+
+    def build(**overrides: object) -> FastAPI:
+        rt = Runtime.build(make_settings(database_url, redis_url, tmp_var, **overrides))
+        built.append(rt)
+        return create_app(rt.settings, runtime=rt)
+
+    yield build
+    for rt in built:
+        await rt.close()
+
+
 def random_ip() -> str:
     return f"10.{random.randint(0, 255)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
 
@@ -165,6 +184,28 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def unique() -> Iterator[str]:
     yield uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+async def smtp_server() -> AsyncIterator[object]:
+    """A real SMTP server (aiosmtpd) on a free loopback port; `.port`, `.messages`, `.to(address)`
+    and `await .wait_for(address)` (see tests/notifications/support.py)."""
+    from tests.notifications.support import start_smtp_server
+
+    inbox, server = await start_smtp_server()
+    yield inbox
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+async def broker_ns(amqp_url: str) -> AsyncIterator[object]:
+    """A RabbitMQ namespace of this test's own (`.settings(base, consumers)`), deleted at the end."""
+    from tests.notifications.support import BrokerNamespace
+
+    ns = BrokerNamespace(amqp_url)
+    yield ns
+    await ns.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,9 @@ def require_staff(*roles: Role) -> Callable[..., Awaitable[Principal]]:
     allowed = {r.value for r in roles} | {Role.admin.value}
 
     async def dependency(principal: CurrentMember, session: ReadSession) -> Principal:
-        role = await session.scalar(select(User.role).where(User.id == principal.user_id, User.deleted_at.is_(None)))
+        role = await session.scalar(
+            select(User.role).where(User.id == principal.user_id, User.deleted_at.is_(None))
+        )
         if role is None or role == Role.member.value:
             raise InsufficientRole("This route is for staff.")
         if not principal.mfa:

@@ -29,6 +29,15 @@ class RefreshTokenReused(Unauthorized):
     keep_changes = True  # the family stays revoked
 
 
+class WrongPassword(Forbidden):
+    """The current password given to confirm a change is wrong. Not a 401: the caller's token is
+    fine, and clients treat 401 as "sign in again"."""
+
+    code = "wrong_password"
+    title = "Wrong password"
+    keep_changes = True  # the audit row of the failed attempt stays
+
+
 class StaffMfaRequired(Forbidden):
     code = "staff_totp_required"
     title = "Staff must sign in with TOTP"

@@ -32,21 +32,44 @@ router = APIRouter(prefix="/v1", tags=["identity"])
 
 
 def me_out(user: User) -> MeOut:
-    return MeOut.model_validate({
-        **{c: getattr(user, c) for c in ("id", "email", "phone", "display_name", "role", "referral_code",
-                                          "locale", "country", "timezone", "preferred_currency",
-                                          "kyc_status", "created_at")},
-        "email_verified": user.email_verified_at is not None,
-        "phone_verified": user.phone_verified_at is not None,
-        "totp_enabled": user.totp_enabled_at is not None,
-    })
+    return MeOut.model_validate(
+        {
+            **{
+                c: getattr(user, c)
+                for c in (
+                    "id",
+                    "email",
+                    "phone",
+                    "display_name",
+                    "role",
+                    "referral_code",
+                    "locale",
+                    "country",
+                    "timezone",
+                    "preferred_currency",
+                    "kyc_status",
+                    "created_at",
+                )
+            },
+            "email_verified": user.email_verified_at is not None,
+            "phone_verified": user.phone_verified_at is not None,
+            "totp_enabled": user.totp_enabled_at is not None,
+        }
+    )
 
 
-@router.post("/auth/register", status_code=status.HTTP_201_CREATED, response_model=TokenPair,
-             responses=problem_responses(409, 422, 429))
-async def register(body: RegisterRequest, session: WriteSession, rt: RuntimeDep, ctx: ContextDep) -> TokenPair:
+@router.post(
+    "/auth/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TokenPair,
+    responses=problem_responses(409, 422, 429),
+)
+async def register(
+    body: RegisterRequest, session: WriteSession, rt: RuntimeDep, ctx: ContextDep
+) -> TokenPair:
     """Create a member account and sign in. A code to verify the email address is sent at once."""
     await rt.limiter.hit(rt.settings.rate_limit_register, "register", ctx.ip or "-")
+    await rt.limiter.hit(rt.settings.rate_limit_register, "register-account", body.email or body.phone or "-")
     return await accounts.register(session, rt, body, ctx)
 
 
@@ -54,7 +77,7 @@ async def register(body: RegisterRequest, session: WriteSession, rt: RuntimeDep,
 async def login(body: LoginRequest, session: WriteSession, rt: RuntimeDep, ctx: ContextDep) -> TokenPair:
     """Sign in with email or phone and password (and a TOTP code where TOTP is enabled)."""
     await rt.limiter.hit(rt.settings.rate_limit_login, "login-ip", ctx.ip or "-")
-    await rt.limiter.hit(rt.settings.rate_limit_login, "login-account", body.login.lower())
+    await rt.limiter.hit(rt.settings.rate_limit_login, "login-account", accounts.login_key(body.login))
     return await accounts.login(session, rt, body, ctx)
 
 
@@ -75,16 +98,30 @@ async def logout(principal: CurrentMember, session: WriteSession, rt: RuntimeDep
 @router.get("/auth/sessions", response_model=SessionList, responses=problem_responses(401))
 async def list_sessions(principal: CurrentMember, session: ReadSession) -> SessionList:
     rows = await sessions.list_sessions(session, principal.user_id)
-    return SessionList(items=[
-        SessionOut(id=s.id, device_name=s.device_name, ip=s.ip, user_agent=s.user_agent, created_at=s.created_at,
-                   last_used_at=s.last_used_at, current=s.id == principal.session_id)
-        for s in rows
-    ])
+    return SessionList(
+        items=[
+            SessionOut(
+                id=s.id,
+                device_name=s.device_name,
+                ip=s.ip,
+                user_agent=s.user_agent,
+                created_at=s.created_at,
+                last_used_at=s.last_used_at,
+                current=s.id == principal.session_id,
+            )
+            for s in rows
+        ]
+    )
 
 
-@router.delete("/auth/sessions/{session_id}", status_code=status.HTTP_204_NO_CONTENT,
-               responses=problem_responses(401, 404))
-async def end_session(session_id: uuid.UUID, principal: CurrentMember, session: WriteSession, rt: RuntimeDep) -> None:
+@router.delete(
+    "/auth/sessions/{session_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(401, 404),
+)
+async def end_session(
+    session_id: uuid.UUID, principal: CurrentMember, session: WriteSession, rt: RuntimeDep
+) -> None:
     """Sign out one of your devices."""
     owned = {s.id for s in await sessions.list_sessions(session, principal.user_id)}
     if session_id not in owned:
@@ -92,10 +129,17 @@ async def end_session(session_id: uuid.UUID, principal: CurrentMember, session: 
     await sessions.revoke_session(session, rt, session_id, reason="ended_by_member")
 
 
-@router.post("/auth/verify/{channel}/request", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
-             responses=problem_responses(401, 409, 429))
+@router.post(
+    "/auth/verify/{channel}/request",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    responses=problem_responses(401, 409, 429),
+)
 async def request_verification(
-    channel: Literal["email", "phone"], principal: CurrentMember, session: WriteSession, rt: RuntimeDep,
+    channel: Literal["email", "phone"],
+    principal: CurrentMember,
+    session: WriteSession,
+    rt: RuntimeDep,
     ctx: ContextDep,
 ) -> Accepted:
     """Send a new 6-digit code to your email address or phone (valid 10 minutes, 5 attempts)."""
@@ -105,19 +149,33 @@ async def request_verification(
     return Accepted(detail=f"A code is on its way to your {channel}.")
 
 
-@router.post("/auth/verify/{channel}/confirm", response_model=MeOut, responses=problem_responses(400, 401, 409, 429))
+@router.post(
+    "/auth/verify/{channel}/confirm", response_model=MeOut, responses=problem_responses(400, 401, 409, 429)
+)
 async def confirm_verification(
-    channel: Literal["email", "phone"], body: CodeConfirm, principal: CurrentMember, session: WriteSession,
-    rt: RuntimeDep, ctx: ContextDep,
+    channel: Literal["email", "phone"],
+    body: CodeConfirm,
+    principal: CurrentMember,
+    session: WriteSession,
+    rt: RuntimeDep,
+    ctx: ContextDep,
 ) -> MeOut:
     await rt.limiter.hit(rt.settings.rate_limit_verify, "verify-ip", ctx.ip or "-")
     await rt.limiter.hit(rt.settings.rate_limit_verify, "verify-account", str(principal.user_id))
-    return me_out(await accounts.confirm_verification(session, rt, principal.user_id, channel, body.code, ctx))
+    return me_out(
+        await accounts.confirm_verification(session, rt, principal.user_id, channel, body.code, ctx)
+    )
 
 
-@router.post("/auth/password/forgot", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
-             responses=problem_responses(422, 429))
-async def forgot_password(body: PasswordForgotRequest, session: WriteSession, rt: RuntimeDep, ctx: ContextDep) -> Accepted:
+@router.post(
+    "/auth/password/forgot",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    responses=problem_responses(422, 429),
+)
+async def forgot_password(
+    body: PasswordForgotRequest, session: WriteSession, rt: RuntimeDep, ctx: ContextDep
+) -> Accepted:
     """Email a reset code if an account has this address. The answer is the same either way."""
     await rt.limiter.hit(rt.settings.rate_limit_verify, "reset-ip", ctx.ip or "-")
     await rt.limiter.hit(rt.settings.rate_limit_verify, "reset-account", body.email)
@@ -125,21 +183,33 @@ async def forgot_password(body: PasswordForgotRequest, session: WriteSession, rt
     return Accepted(detail="If an account has this address, a code is on its way.")
 
 
-@router.post("/auth/password/reset", status_code=status.HTTP_204_NO_CONTENT,
-             responses=problem_responses(400, 422, 429))
-async def reset_password(body: PasswordResetRequest, session: WriteSession, rt: RuntimeDep, ctx: ContextDep) -> None:
+@router.post(
+    "/auth/password/reset", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(400, 422, 429)
+)
+async def reset_password(
+    body: PasswordResetRequest, session: WriteSession, rt: RuntimeDep, ctx: ContextDep
+) -> None:
     """Set a new password with the emailed code; every session of the account is signed out."""
     await rt.limiter.hit(rt.settings.rate_limit_verify, "reset-ip", ctx.ip or "-")
     await rt.limiter.hit(rt.settings.rate_limit_verify, "reset-account", body.email)
     await accounts.reset_password(session, rt, body.email, body.code, body.new_password, ctx)
 
 
-@router.post("/auth/password/change", status_code=status.HTTP_204_NO_CONTENT,
-             responses=problem_responses(401, 422))
+@router.post(
+    "/auth/password/change",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(401, 403, 422, 429),
+)
 async def change_password(
-    body: PasswordChangeRequest, principal: CurrentMember, session: WriteSession, rt: RuntimeDep, ctx: ContextDep,
+    body: PasswordChangeRequest,
+    principal: CurrentMember,
+    session: WriteSession,
+    rt: RuntimeDep,
+    ctx: ContextDep,
 ) -> None:
-    """Change your password; every other session is signed out."""
+    """Change your password; every other session is signed out. A wrong current password is 403."""
+    # A stolen access token must not become a way to guess the password.
+    await rt.limiter.hit(rt.settings.rate_limit_verify, "password-account", str(principal.user_id))
     await accounts.change_password(session, rt, principal, body.current_password, body.new_password, ctx)
 
 
@@ -153,16 +223,21 @@ async def totp_enroll(principal: CurrentMember, session: WriteSession, rt: Runti
 
 @router.post("/auth/totp/confirm", response_model=MeOut, responses=problem_responses(400, 401, 409, 429))
 async def totp_confirm(
-    body: CodeConfirm, principal: CurrentMember, session: WriteSession, rt: RuntimeDep, ctx: ContextDep,
+    body: CodeConfirm,
+    principal: CurrentMember,
+    session: WriteSession,
+    rt: RuntimeDep,
+    ctx: ContextDep,
 ) -> MeOut:
     from referloop.compliance import audit
 
     await rt.limiter.hit(rt.settings.rate_limit_verify, "totp-account", str(principal.user_id))
-    user = await accounts.get_user(session, principal.user_id)
+    user = await accounts.get_user(session, principal.user_id, for_update=True)
     if not totp.confirm_enrolment(rt, user, body.code):
         raise CodeRejected("Wrong code; check the clock of your authenticator app.")
-    await audit.record(session, action="auth.totp_enabled", actor_id=user.id, target_type="user",
-                       target_id=user.id, ctx=ctx)
+    await audit.record(
+        session, action="auth.totp_enabled", actor_id=user.id, target_type="user", target_id=user.id, ctx=ctx
+    )
     return me_out(user)
 
 

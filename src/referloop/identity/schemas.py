@@ -5,7 +5,16 @@ from datetime import datetime
 from typing import Annotated, Literal
 from zoneinfo import available_timezones
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from referloop.core.validation import DisplayName, Email, OtpCode, Password, Phone, StrictModel
 from referloop.identity.models import KycStatus, Role
@@ -23,8 +32,15 @@ def _known_timezone(value: str) -> str:
 _TIMEZONES = frozenset(available_timezones()) | {"UTC"}
 
 Locale = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Z]{2})?$", max_length=35)]
-CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$", to_upper=True)]
-CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$", to_upper=True)]
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+# Upper-cased before the pattern is checked (StringConstraints' to_upper runs after it), so "in" is IN.
+CountryCode = Annotated[str, BeforeValidator(_upper), StringConstraints(pattern=r"^[A-Z]{2}$")]
+CurrencyCode = Annotated[str, BeforeValidator(_upper), StringConstraints(pattern=r"^[A-Z]{3}$")]
 TimeZone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_known_timezone)]
 
 
@@ -40,8 +56,14 @@ class RegisterRequest(StrictModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"email": "asha@example.com", "password": "correct horse battery",
-                          "display_name": "Asha", "referral_code": "7K3M9QXA"}]
+            "examples": [
+                {
+                    "email": "asha@example.com",
+                    "password": "correct horse battery",
+                    "display_name": "Asha",
+                    "referral_code": "7K3M9QXA",
+                }
+            ]
         }
     )
 
@@ -72,7 +94,7 @@ class RefreshRequest(StrictModel):
 class TokenPair(BaseModel):
     access_token: str
     refresh_token: str
-    token_type: Literal["Bearer"] = "Bearer"
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a scheme name, not a secret
     expires_in: int = Field(description="Seconds until the access token expires.")
     session_id: uuid.UUID
 
@@ -137,7 +159,17 @@ class MeUpdate(StrictModel):
     timezone: TimeZone | None = None
     preferred_currency: CurrencyCode | None = None
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"display_name": "Asha R", "timezone": "Asia/Kolkata"}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"display_name": "Asha R", "timezone": "Asia/Kolkata"}]}
+    )
+
+    @field_validator("display_name", "locale", "timezone")
+    @classmethod
+    def _not_cleared(cls, value: str | None) -> str | None:
+        # Runs only for values that were sent: leaving the field out keeps it, `null` is refused.
+        if value is None:
+            raise ValueError("This field cannot be cleared; leave it out to keep it.")
+        return value
 
 
 class TotpEnrollOut(BaseModel):

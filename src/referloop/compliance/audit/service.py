@@ -22,9 +22,25 @@ GENESIS_HASH = b"\x00" * 32
 _CHAIN_LOCK_KEY = 0x5245464C4F4F50  # "REFLOOP"
 
 
+def _jsonb_numbers(value: Any) -> Any:
+    # JSONB stores numbers as `numeric`: 1e20 comes back as the integer 100000000000000000000, which
+    # Python prints differently from the float it was. Integral floats are stored as integers, so
+    # that the value read back (and hashed by `verify`) is the value hashed now.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _jsonb_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonb_numbers(v) for v in value]
+    return value
+
+
 def _canonical(value: Any) -> Any:
     """What JSONB will give back, so the hash computed now equals the one recomputed later."""
-    return None if value is None else json.loads(json.dumps(value, default=str))
+    if value is None:
+        return None
+    # NaN and Infinity are not JSON (PostgreSQL refuses them): fail here with a clear message.
+    return _jsonb_numbers(json.loads(json.dumps(value, default=str, allow_nan=False)))
 
 
 def _row_digest(prev_hash: bytes, fields: dict[str, Any]) -> bytes:
@@ -66,7 +82,9 @@ async def record(
     ctx = ctx or RequestContext()
     await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK_KEY})
     last = (
-        await session.execute(select(AuditEntry.seq, AuditEntry.row_hash).order_by(AuditEntry.seq.desc()).limit(1))
+        await session.execute(
+            select(AuditEntry.seq, AuditEntry.row_hash).order_by(AuditEntry.seq.desc()).limit(1)
+        )
     ).first()
     seq, prev_hash = (last[0] + 1, bytes(last[1])) if last else (1, GENESIS_HASH)
     row: dict[str, Any] = {
@@ -80,7 +98,7 @@ async def record(
         "target_id": str(target_id) if target_id is not None else None,
         "before": _canonical(before),
         "after": _canonical(after),
-        "ip": ctx.ip,
+        "ip": (ctx.ip or "")[:64] or None,
         "user_agent": (ctx.user_agent or "")[:512] or None,
         "request_id": ctx.request_id,
     }
@@ -121,7 +139,7 @@ async def verify_chain(session: AsyncSession) -> tuple[int, list[ChainProblem]]:
             problems.append(ChainProblem(expected_seq, f"rows {expected_seq}..{row.seq - 1} are missing"))
         if bytes(row.prev_hash) != prev_hash:
             problems.append(ChainProblem(row.seq, "link to the previous row is broken"))
-        fields = _hashed_fields({c: getattr(row, c) for c in AuditEntry.__table__.columns.keys()})
+        fields = _hashed_fields({c.name: getattr(row, c.name) for c in AuditEntry.__table__.columns})
         if _row_digest(bytes(row.prev_hash), fields) != bytes(row.row_hash):
             problems.append(ChainProblem(row.seq, "row content does not match its hash (edited)"))
         prev_hash, expected_seq = bytes(row.row_hash), row.seq + 1

@@ -63,7 +63,9 @@ class FieldCipher:
         import hashlib
         import hmac
 
-        key = hmac.new(self._raw[self.primary_kid], b"blind-index:" + context.encode(), hashlib.sha256).digest()
+        key = hmac.new(
+            self._raw[self.primary_kid], b"blind-index:" + context.encode(), hashlib.sha256
+        ).digest()
         return hmac.new(key, value.encode(), hashlib.sha256).digest()
 
 

@@ -47,8 +47,14 @@ class SigningKey:
 
     def jwk(self) -> dict[str, str]:
         raw = self.public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw), "kid": self.kid, "use": "sig",
-                "alg": ALGORITHM}
+        return {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": _b64url(raw),
+            "kid": self.kid,
+            "use": "sig",
+            "alg": ALGORITHM,
+        }
 
 
 def generate_private_pem() -> bytes:
@@ -120,7 +126,10 @@ class TokenSigner:
             raise InvalidToken("unknown key id")
         try:
             claims = jwt.decode(
-                token, key.public, algorithms=[ALGORITHM], issuer=self.issuer,
+                token,
+                key.public,
+                algorithms=[ALGORITHM],
+                issuer=self.issuer,
                 options={"require": ["exp", "iat", "sub", "sid", "iss"]},
             )
             return AccessClaims(

@@ -24,6 +24,7 @@ from referloop.identity.errors import (
     NothingToVerify,
     TotpRequired,
     WeakPassword,
+    WrongPassword,
 )
 from referloop.identity.models import CodePurpose, Role, User
 from referloop.identity.schemas import LoginRequest, MeUpdate, RegisterRequest, TokenPair
@@ -42,15 +43,28 @@ def _check_password(password: str) -> None:
 
 
 async def create_user(
-    session: AsyncSession, rt: Runtime, *, email: str | None, phone: str | None, password: str,
-    display_name: str, role: Role = Role.member, invited_with_code: str | None = None,
+    session: AsyncSession,
+    rt: Runtime,
+    *,
+    email: str | None,
+    phone: str | None,
+    password: str,
+    display_name: str,
+    role: Role = Role.member,
+    invited_with_code: str | None = None,
 ) -> User:
     _check_password(password)
     password_hash = await rt.passwords.hash(password)
     for _ in range(_REFERRAL_CODE_ATTEMPTS):
         user = User(
-            id=uuid7(), email=email, phone=phone, password_hash=password_hash, display_name=display_name,
-            role=role.value, referral_code=new_referral_code(), invited_with_code=invited_with_code,
+            id=uuid7(),
+            email=email,
+            phone=phone,
+            password_hash=password_hash,
+            display_name=display_name,
+            role=role.value,
+            referral_code=new_referral_code(),
+            invited_with_code=invited_with_code,
         )
         try:
             async with session.begin_nested():
@@ -65,28 +79,44 @@ async def create_user(
     raise RuntimeError("could not draw a unique referral code")
 
 
-async def register(session: AsyncSession, rt: Runtime, data: RegisterRequest, ctx: RequestContext) -> TokenPair:
-    existing = await session.scalar(
-        select(User.id).where(
-            User.deleted_at.is_(None),
-            or_(User.email == data.email if data.email else False, User.phone == data.phone if data.phone else False),
-        )
-    )
+async def register(
+    session: AsyncSession, rt: Runtime, data: RegisterRequest, ctx: RequestContext
+) -> TokenPair:
+    taken = [User.email == data.email] if data.email else []
+    if data.phone:
+        taken.append(User.phone == data.phone)
+    existing = await session.scalar(select(User.id).where(User.deleted_at.is_(None), or_(*taken)).limit(1))
     if existing is not None:
         # Same answer whichever of email or phone is taken: the API does not confirm who has an account.
         raise AccountExists("An account with these details already exists.")
     invited = normalize_referral_code(data.referral_code) if data.referral_code else None
     user = await create_user(
-        session, rt, email=data.email, phone=data.phone, password=data.password,
-        display_name=data.display_name, invited_with_code=invited,
+        session,
+        rt,
+        email=data.email,
+        phone=data.phone,
+        password=data.password,
+        display_name=data.display_name,
+        invited_with_code=invited,
     )
     await audit.record(
-        session, action="auth.register", actor_id=user.id, target_type="user", target_id=user.id,
-        after={"email": user.email, "phone": user.phone, "invited_with_code": invited}, ctx=ctx,
+        session,
+        action="auth.register",
+        actor_id=user.id,
+        target_type="user",
+        target_id=user.id,
+        after={"email": user.email, "phone": user.phone, "invited_with_code": invited},
+        ctx=ctx,
     )
-    await enqueue(session, "identity.user_registered", {
-        "user_id": str(user.id), "invited_with_code": invited, "referral_code": user.referral_code,
-    })
+    await enqueue(
+        session,
+        "identity.user_registered",
+        {
+            "user_id": str(user.id),
+            "invited_with_code": invited,
+            "referral_code": user.referral_code,
+        },
+    )
     if user.email:
         await codes.issue_code(session, rt, user, CodePurpose.verify_email, user.email)
     return await sessions.start_session(session, rt, user, ctx, mfa=False, device_name=data.device_name)
@@ -100,10 +130,15 @@ def _login_lookup(login: str) -> tuple[str, str] | None:
         return None
 
 
+def login_key(login: str) -> str:
+    """The account a login names, for per-account limits: one key however the address is written."""
+    lookup = _login_lookup(login)
+    return lookup[1] if lookup else login.strip().lower()
+
+
 async def login(session: AsyncSession, rt: Runtime, data: LoginRequest, ctx: RequestContext) -> TokenPair:
     lookup = _login_lookup(data.login)
-    account_key = lookup[1] if lookup else data.login.lower()
-    throttle = LoginThrottle(rt, account_key)
+    throttle = LoginThrottle(rt, login_key(data.login))
     await throttle.check()
     user = None
     if lookup:
@@ -113,39 +148,66 @@ async def login(session: AsyncSession, rt: Runtime, data: LoginRequest, ctx: Req
     if not ok or user is None:
         await throttle.failed()
         await audit.record(
-            session, action="auth.login_failed", actor_id=user.id if user else None,
-            target_type="user" if user else None, target_id=user.id if user else None,
-            after={"reason": "bad_password" if user else "unknown_account"}, ctx=ctx,
+            session,
+            action="auth.login_failed",
+            actor_id=user.id if user else None,
+            target_type="user" if user else None,
+            target_id=user.id if user else None,
+            after={"reason": "bad_password" if user else "unknown_account"},
+            ctx=ctx,
         )
         raise InvalidCredentials("The login or password is wrong.")
     mfa = False
     if user.totp_enabled_at is not None:
         if not data.totp_code:
             raise TotpRequired("Enter the 6-digit code from your authenticator app.")
+        # Lock the row and re-read the last accepted step: two sign-ins racing with one code must
+        # not both pass the replay check (the second waits here and then sees the first one's step).
+        await session.refresh(user, with_for_update=True)
         if not totp.check_code(rt, user, data.totp_code):
             await throttle.failed()
-            await audit.record(session, action="auth.login_failed", actor_id=user.id, target_type="user",
-                               target_id=user.id, after={"reason": "bad_totp"}, ctx=ctx)
+            await audit.record(
+                session,
+                action="auth.login_failed",
+                actor_id=user.id,
+                target_type="user",
+                target_id=user.id,
+                after={"reason": "bad_totp"},
+                ctx=ctx,
+            )
             raise InvalidCredentials("The TOTP code is wrong or was already used.")
         mfa = True
     await throttle.succeeded()
     if rt.passwords.needs_rehash(user.password_hash):
         user.password_hash = await rt.passwords.hash(data.password)
-    await audit.record(session, action="auth.login", actor_id=user.id, target_type="user", target_id=user.id,
-                       after={"mfa": mfa}, ctx=ctx)
+    await audit.record(
+        session,
+        action="auth.login",
+        actor_id=user.id,
+        target_type="user",
+        target_id=user.id,
+        after={"mfa": mfa},
+        ctx=ctx,
+    )
     return await sessions.start_session(session, rt, user, ctx, mfa=mfa, device_name=data.device_name)
 
 
-async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
-    user = await session.get(User, user_id)
+async def get_user(session: AsyncSession, user_id: uuid.UUID, *, for_update: bool = False) -> User:
+    user = await session.get(User, user_id, with_for_update=for_update or None, populate_existing=for_update)
     if user is None or user.deleted_at is not None:
         raise NotFound("No such account.")
     return user
 
 
 async def _set_password(
-    session: AsyncSession, rt: Runtime, user: User, new_password: str, ctx: RequestContext,
-    *, keep_session: uuid.UUID | None, action: str,
+    session: AsyncSession,
+    rt: Runtime,
+    user: User,
+    new_password: str,
+    ctx: RequestContext,
+    *,
+    keep_session: uuid.UUID | None,
+    action: str,
 ) -> None:
     _check_password(new_password)
     user.password_hash = await rt.passwords.hash(new_password)
@@ -153,21 +215,39 @@ async def _set_password(
     revoked = await sessions.revoke_all_sessions(
         session, rt, user.id, reason="password_changed", keep=keep_session
     )
-    await audit.record(session, action=action, actor_id=user.id, target_type="user", target_id=user.id,
-                       after={"sessions_revoked": revoked}, ctx=ctx)
+    await audit.record(
+        session,
+        action=action,
+        actor_id=user.id,
+        target_type="user",
+        target_id=user.id,
+        after={"sessions_revoked": revoked},
+        ctx=ctx,
+    )
 
 
 async def change_password(
-    session: AsyncSession, rt: Runtime, principal: sessions.Principal, current: str, new: str,
+    session: AsyncSession,
+    rt: Runtime,
+    principal: sessions.Principal,
+    current: str,
+    new: str,
     ctx: RequestContext,
 ) -> None:
     user = await get_user(session, principal.user_id)
     if not await rt.passwords.verify(user.password_hash, current):
-        await audit.record(session, action="auth.password_change_failed", actor_id=user.id,
-                           target_type="user", target_id=user.id, ctx=ctx)
-        raise InvalidCredentials("The current password is wrong.")
-    await _set_password(session, rt, user, new, ctx, keep_session=principal.session_id,
-                        action="auth.password_changed")
+        await audit.record(
+            session,
+            action="auth.password_change_failed",
+            actor_id=user.id,
+            target_type="user",
+            target_id=user.id,
+            ctx=ctx,
+        )
+        raise WrongPassword("The current password is wrong.")
+    await _set_password(
+        session, rt, user, new, ctx, keep_session=principal.session_id, action="auth.password_changed"
+    )
 
 
 async def request_password_reset(session: AsyncSession, rt: Runtime, email: str) -> None:
@@ -213,16 +293,21 @@ async def confirm_verification(
             raise NothingToVerify("There is no unverified phone number on this account.")
         await codes.consume_code(session, rt, user, CodePurpose.verify_phone, code, user.phone)
         user.phone_verified_at = utcnow()
-    await audit.record(session, action=f"auth.{channel}_verified", actor_id=user.id, target_type="user",
-                       target_id=user.id, ctx=ctx)
+    await audit.record(
+        session,
+        action=f"auth.{channel}_verified",
+        actor_id=user.id,
+        target_type="user",
+        target_id=user.id,
+        ctx=ctx,
+    )
     return user
 
 
 async def update_profile(session: AsyncSession, user_id: uuid.UUID, changes: MeUpdate) -> User:
     user = await get_user(session, user_id)
+    # Only fields that were sent; the schema refuses `null` for the ones that cannot be cleared.
     for field, value in changes.model_dump(exclude_unset=True).items():
-        if value is None and field in {"display_name", "locale", "timezone"}:
-            continue  # required fields cannot be cleared
         setattr(user, field, value)
     await session.flush()
     return user

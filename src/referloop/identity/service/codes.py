@@ -30,26 +30,35 @@ async def issue_code(
     now = utcnow()
     await session.execute(
         update(OneTimeCode)
-        .where(OneTimeCode.user_id == user.id, OneTimeCode.purpose == purpose.value,
-               OneTimeCode.consumed_at.is_(None))
+        .where(
+            OneTimeCode.user_id == user.id,
+            OneTimeCode.purpose == purpose.value,
+            OneTimeCode.consumed_at.is_(None),
+        )
         .values(consumed_at=now)
     )
     code = f"{secrets.randbelow(1_000_000):06d}"
     session.add(
         OneTimeCode(
-            id=uuid7(), user_id=user.id, purpose=purpose.value, target=target,
-            code_hash=_code_hash(user.id, purpose.value, code), created_at=now,
+            id=uuid7(),
+            user_id=user.id,
+            purpose=purpose.value,
+            target=target,
+            code_hash=_code_hash(user.id, purpose.value, code),
+            created_at=now,
             expires_at=now + timedelta(seconds=rt.settings.otp_code_ttl_seconds),
         )
     )
     minutes = rt.settings.otp_code_ttl_seconds // 60
     context = {"display_name": user.display_name, "code": code, "minutes": minutes}
     if purpose is CodePurpose.verify_phone:
-        await notifications.send_sms(session, rt, to=target, template="verify_phone", locale=user.locale,
-                                     context=context)
+        await notifications.send_sms(
+            session, rt, to=target, template="verify_phone", locale=user.locale, context=context
+        )
     else:
-        await notifications.send_email(session, rt, to=target, template=purpose.value, locale=user.locale,
-                                       context=context)
+        await notifications.send_email(
+            session, rt, to=target, template=purpose.value, locale=user.locale, context=context
+        )
     await session.flush()
 
 
@@ -61,8 +70,11 @@ async def consume_code(
     row = (
         await session.scalars(
             select(OneTimeCode)
-            .where(OneTimeCode.user_id == user.id, OneTimeCode.purpose == purpose.value,
-                   OneTimeCode.consumed_at.is_(None))
+            .where(
+                OneTimeCode.user_id == user.id,
+                OneTimeCode.purpose == purpose.value,
+                OneTimeCode.consumed_at.is_(None),
+            )
             .order_by(OneTimeCode.created_at.desc())
             .limit(1)
             .with_for_update()
@@ -78,8 +90,9 @@ async def consume_code(
         row.attempts += 1
         left = rt.settings.otp_max_attempts - row.attempts
         raise CodeRejected(
-            f"Wrong code; {left} attempt{'s' if left != 1 else ''} left." if left else
-            "Wrong code; no attempts left, request a new code.",
+            f"Wrong code; {left} attempt{'s' if left != 1 else ''} left."
+            if left
+            else "Wrong code; no attempts left, request a new code.",
             attempts_left=left,
         )
     row.consumed_at = now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,19 +34,31 @@ class Principal:
     mfa: bool
 
 
+def _ip(ctx: RequestContext) -> str | None:
+    return (ctx.ip or "")[:64] or None
+
+
 async def _new_refresh_token(session: AsyncSession, session_id: uuid.UUID, expires_at: datetime) -> str:
     token = new_opaque_token("rt")
     await session.execute(
         insert(RefreshToken).values(
-            id=uuid7(), session_id=session_id, token_hash=hash_token(token),
-            created_at=utcnow(), expires_at=expires_at,
+            id=uuid7(),
+            session_id=session_id,
+            token_hash=hash_token(token),
+            created_at=utcnow(),
+            expires_at=expires_at,
         )
     )
     return token
 
 
 async def start_session(
-    session: AsyncSession, rt: Runtime, user: User, ctx: RequestContext, *, mfa: bool,
+    session: AsyncSession,
+    rt: Runtime,
+    user: User,
+    ctx: RequestContext,
+    *,
+    mfa: bool,
     device_name: str | None,
 ) -> TokenPair:
     now = utcnow()
@@ -53,8 +66,15 @@ async def start_session(
     session_id = uuid7()
     await session.execute(
         insert(AuthSession).values(
-            id=session_id, user_id=user.id, created_at=now, last_used_at=now, expires_at=expires_at,
-            ip=ctx.ip, user_agent=(ctx.user_agent or "")[:512] or None, device_name=device_name, mfa=mfa,
+            id=session_id,
+            user_id=user.id,
+            created_at=now,
+            last_used_at=now,
+            expires_at=expires_at,
+            ip=_ip(ctx),
+            user_agent=(ctx.user_agent or "")[:512] or None,
+            device_name=device_name,
+            mfa=mfa,
         )
     )
     refresh = await _new_refresh_token(session, session_id, expires_at)
@@ -65,8 +85,6 @@ async def start_session(
 def _grace_cipher(presented_token: str) -> FieldCipher:
     # The cached pair is encrypted under a key derived from the presented token itself: Redis never
     # holds a usable token, and only someone holding the old token can read the new pair.
-    import hashlib
-
     return FieldCipher({"g": hashlib.sha256(b"grace:" + presented_token.encode()).digest()})
 
 
@@ -89,6 +107,8 @@ async def refresh(session: AsyncSession, rt: Runtime, presented: str, ctx: Reque
         raise InvalidToken("This session has ended; sign in again.")
     if token.expires_at <= now or auth_session.expires_at <= now:
         raise InvalidToken("This refresh token has expired; sign in again.")
+    # Per account as well as per IP (the route counts that one): many devices, one budget.
+    await rt.limiter.hit(rt.settings.rate_limit_refresh, "refresh-account", str(user.id))
 
     grace_key = GRACE_KEY.format(token_hash=token_hash.hex())
     if token.used_at is not None:
@@ -96,24 +116,34 @@ async def refresh(session: AsyncSession, rt: Runtime, presented: str, ctx: Reque
             # A flaky network retried the same refresh: answer with the pair the first call issued.
             cached = await rt.redis.get(grace_key)
             if cached is not None:
+                sealed = cached.decode() if isinstance(cached, bytes) else cached
                 return TokenPair.model_validate(
-                    orjson.loads(_grace_cipher(presented).decrypt(cached.decode(), context="grace"))
+                    orjson.loads(_grace_cipher(presented).decrypt(sealed, context="grace"))
                 )
         await revoke_session(session, rt, auth_session.id, reason="refresh_token_reused")
         await audit.record(
-            session, action="auth.refresh_reuse", actor_id=user.id, target_type="auth_session",
-            target_id=auth_session.id, after={"revoked": True}, ctx=ctx,
+            session,
+            action="auth.refresh_reuse",
+            actor_id=user.id,
+            target_type="auth_session",
+            target_id=auth_session.id,
+            after={"revoked": True},
+            ctx=ctx,
         )
-        raise RefreshTokenReused("This refresh token was already used; every token of its session is revoked.")
+        raise RefreshTokenReused(
+            "This refresh token was already used; every token of its session is revoked."
+        )
 
     token.used_at = now
     auth_session.last_used_at = now
-    auth_session.ip = ctx.ip or auth_session.ip
+    auth_session.ip = _ip(ctx) or auth_session.ip
     new_refresh = await _new_refresh_token(session, auth_session.id, auth_session.expires_at)
     access, ttl = rt.signer.issue(
         user_id=user.id, session_id=auth_session.id, role=user.role, mfa=auth_session.mfa
     )
-    pair = TokenPair(access_token=access, refresh_token=new_refresh, expires_in=ttl, session_id=auth_session.id)
+    pair = TokenPair(
+        access_token=access, refresh_token=new_refresh, expires_in=ttl, session_id=auth_session.id
+    )
     await session.flush()
     if rt.settings.refresh_reuse_grace_seconds:
         sealed = _grace_cipher(presented).encrypt(pair.model_dump_json(), context="grace")
@@ -150,8 +180,11 @@ async def list_sessions(session: AsyncSession, user_id: uuid.UUID) -> list[AuthS
         (
             await session.scalars(
                 select(AuthSession)
-                .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None),
-                       AuthSession.expires_at > now)
+                .where(
+                    AuthSession.user_id == user_id,
+                    AuthSession.revoked_at.is_(None),
+                    AuthSession.expires_at > now,
+                )
                 .order_by(AuthSession.last_used_at.desc())
                 .limit(200)
             )

@@ -13,18 +13,29 @@ from referloop.core.errors import Conflict
 from referloop.core.pagination import paginate_by_id_desc, split_page
 from referloop.identity.models import KycStatus, Role, User
 from referloop.identity.service.accounts import get_user
+from referloop.identity.service.referral_codes import normalize_referral_code
 from referloop.identity.service.sessions import Principal
 
 
 async def search_members(
-    session: AsyncSession, *, q: str | None, role: Role | None, kyc_status: KycStatus | None,
-    cursor: str | None, limit: int,
+    session: AsyncSession,
+    *,
+    q: str | None,
+    role: Role | None,
+    kyc_status: KycStatus | None,
+    cursor: str | None,
+    limit: int,
 ) -> tuple[list[User], str | None]:
     stmt = select(User).where(User.deleted_at.is_(None))
     if q:
         pattern = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        stmt = stmt.where(or_(User.email.like(pattern), User.phone.like(pattern),
-                              User.referral_code == q.upper()))
+        stmt = stmt.where(
+            or_(
+                User.email.like(pattern),
+                User.phone.like(pattern),
+                User.referral_code == normalize_referral_code(q),
+            )
+        )
     if role:
         stmt = stmt.where(User.role == role.value)
     if kyc_status:
@@ -41,9 +52,17 @@ async def change_role(
         raise Conflict("You cannot change your own role; ask another admin.")
     before = user.role
     user.role = role.value
-    await audit.record(session, action="staff.role_changed", actor_id=actor.user_id, actor_type="staff",
-                       target_type="user", target_id=user.id, before={"role": before},
-                       after={"role": role.value}, ctx=ctx)
+    await audit.record(
+        session,
+        action="staff.role_changed",
+        actor_id=actor.user_id,
+        actor_type="staff",
+        target_type="user",
+        target_id=user.id,
+        before={"role": before},
+        after={"role": role.value},
+        ctx=ctx,
+    )
     await session.flush()
     return user
 
@@ -54,8 +73,16 @@ async def set_kyc_status(
     user = await get_user(session, user_id)
     before = user.kyc_status
     user.kyc_status = kyc_status.value
-    await audit.record(session, action="staff.kyc_status_changed", actor_id=actor.user_id, actor_type="staff",
-                       target_type="user", target_id=user.id, before={"kyc_status": before},
-                       after={"kyc_status": kyc_status.value}, ctx=ctx)
+    await audit.record(
+        session,
+        action="staff.kyc_status_changed",
+        actor_id=actor.user_id,
+        actor_type="staff",
+        target_type="user",
+        target_id=user.id,
+        before={"kyc_status": before},
+        after={"kyc_status": kyc_status.value},
+        ctx=ctx,
+    )
     await session.flush()
     return user

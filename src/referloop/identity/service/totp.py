@@ -13,7 +13,7 @@ from referloop.core.errors import Conflict
 from referloop.identity.models import User
 from referloop.runtime import Runtime
 
-_SECRET_CONTEXT = "users.totp_secret"
+_SECRET_CONTEXT = "users.totp_secret"  # noqa: S105 - the column name bound as associated data
 
 
 def begin_enrolment(rt: Runtime, user: User) -> tuple[str, str]:
@@ -56,7 +56,9 @@ async def rotate_totp_secrets(session: AsyncSession, rt: Runtime) -> int:
     """Re-encrypt TOTP secrets not under the primary field key (`referloop keys rotate`)."""
     users = (
         await session.scalars(
-            select(User).where(User.totp_secret.is_not(None), ~User.totp_secret.like(f"v1.{rt.cipher.primary_kid}.%"))
+            select(User).where(
+                User.totp_secret.is_not(None), ~User.totp_secret.like(f"v1.{rt.cipher.primary_kid}.%")
+            )
         )
     ).all()
     for user in users:
