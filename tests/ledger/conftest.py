@@ -24,8 +24,13 @@ async def make_members(rt: Runtime, n: int = 1) -> list[uuid.UUID]:
     ids = [uuid7() for _ in range(n)]
     async with rt.db.sessionmaker() as session, session.begin():
         session.add_all(
-            User(id=i, email=f"l{i.hex}@example.com", password_hash="!", display_name="Ledger Test",
-                 referral_code=secrets.token_hex(4).upper())
+            User(
+                id=i,
+                email=f"l{i.hex}@example.com",
+                password_hash="!",
+                display_name="Ledger Test",
+                referral_code=secrets.token_hex(4).upper(),
+            )
             for i in ids
         )
     return ids
@@ -40,14 +45,20 @@ def program_expense(unique: str) -> AccountRef:
     return platform_account(AccountCode.reward_expense, f"program-{unique}")
 
 
-async def fund(rt: Runtime, member_id: uuid.UUID, amount: int, currency: str = "INR", *, scope: str = "") -> None:
+async def fund(
+    rt: Runtime, member_id: uuid.UUID, amount: int, currency: str = "INR", *, scope: str = ""
+) -> None:
     """Give a member `amount` available, funded by a reward expense account."""
     from referloop import ledger
 
     async with rt.db.sessionmaker() as session, session.begin():
         await ledger.move(
-            session, entry_type="test.fund", source=platform_account(AccountCode.reward_expense, scope or "tests"),
-            destination=ledger.member_account(member_id), amount=amount, currency=currency,
+            session,
+            entry_type="test.fund",
+            source=platform_account(AccountCode.reward_expense, scope or "tests"),
+            destination=ledger.member_account(member_id),
+            amount=amount,
+            currency=currency,
             idempotency_key=f"test-fund:{uuid.uuid4()}",
         )
 
@@ -57,4 +68,3 @@ async def wide_db(runtime: Runtime) -> AsyncIterator[Database]:
     db = Database(to_asyncpg_url(runtime.settings.database_url), pool_size=WIDE_POOL, max_overflow=0)
     yield db
     await db.dispose()
-

@@ -14,7 +14,9 @@ from tests.ledger.conftest import fund, make_member, program_expense
 
 async def _account_id(rt: Runtime, member: object) -> object:
     async with rt.db.sessionmaker() as session:
-        return await session.scalar(text("SELECT id FROM ledger_accounts WHERE member_id = :m"), {"m": member})
+        return await session.scalar(
+            text("SELECT id FROM ledger_accounts WHERE member_id = :m"), {"m": member}
+        )
 
 
 @pytest.mark.parametrize("column", ["available", "held", "pending"])
@@ -47,8 +49,13 @@ async def test_entries_and_postings_are_immutable(runtime: Runtime, unique: str,
     member = await make_member(runtime)
     async with runtime.db.sessionmaker() as session, session.begin():
         posted = await ledger.move(
-            session, entry_type="test.fund", source=program_expense(unique), destination=member_account(member),
-            amount=10, currency="INR", idempotency_key=f"imm:{unique}",
+            session,
+            entry_type="test.fund",
+            source=program_expense(unique),
+            destination=member_account(member),
+            amount=10,
+            currency="INR",
+            idempotency_key=f"imm:{unique}",
         )
     async with runtime.db.sessionmaker() as session:
         with pytest.raises(DBAPIError, match="append-only"):
@@ -62,18 +69,28 @@ async def test_entries_and_postings_are_immutable(runtime: Runtime, unique: str,
 async def test_final_pending_transfer_cannot_change(runtime: Runtime, unique: str) -> None:
     member = await make_member(runtime)
     async with runtime.db.sessionmaker() as session, session.begin():
-        earned = await ledger.earn_pending(session, member_id=member, amount=5, currency="INR",
-                                           source=program_expense(unique), idempotency_key=f"e:{unique}")
+        earned = await ledger.earn_pending(
+            session,
+            member_id=member,
+            amount=5,
+            currency="INR",
+            source=program_expense(unique),
+            idempotency_key=f"e:{unique}",
+        )
         await ledger.void_pending(session, earned.transfer.id)
     async with runtime.db.sessionmaker() as session:
         with pytest.raises(DBAPIError, match="already voided"):
             await session.execute(
-                text("UPDATE ledger_pending_transfers SET status = 'pending', final_entry_id = NULL WHERE id = :id"),
+                text(
+                    "UPDATE ledger_pending_transfers SET status = 'pending', final_entry_id = NULL WHERE id = :id"
+                ),
                 {"id": earned.transfer.id},
             )
     async with runtime.db.sessionmaker() as session:
         with pytest.raises(DBAPIError, match="never deleted"):
-            await session.execute(text("DELETE FROM ledger_pending_transfers WHERE id = :id"), {"id": earned.transfer.id})
+            await session.execute(
+                text("DELETE FROM ledger_pending_transfers WHERE id = :id"), {"id": earned.transfer.id}
+            )
 
 
 async def test_posting_to_a_platform_pending_bucket_is_refused(runtime: Runtime, unique: str) -> None:

@@ -20,20 +20,32 @@ async def _entry_count(rt: Runtime, key: str) -> int:
 
 
 class TestPostEntry:
-    async def test_reward_moves_money_from_program_expense_to_member(self, runtime: Runtime, unique: str) -> None:
+    async def test_reward_moves_money_from_program_expense_to_member(
+        self, runtime: Runtime, unique: str
+    ) -> None:
         member = await make_member(runtime)
         expense = program_expense(unique)
         async with runtime.db.sessionmaker() as session, session.begin():
             posted = await ledger.move(
-                session, entry_type="referral.reward", source=expense, destination=member_account(member),
-                amount=12345, currency="INR", idempotency_key=f"reward:{unique}", reference_type="referral",
-                reference_id=unique, metadata={"program": unique},
+                session,
+                entry_type="referral.reward",
+                source=expense,
+                destination=member_account(member),
+                amount=12345,
+                currency="INR",
+                idempotency_key=f"reward:{unique}",
+                reference_type="referral",
+                reference_id=unique,
+                metadata={"program": unique},
             )
         assert not posted.replayed
         async with runtime.db.sessionmaker() as session:
             balances = await ledger.balances_for(session, member)
             assert balances == [ledger.MemberBalance("INR", pending=0, available=12345, held=0)]
-            assert await ledger.platform_balance(session, AccountCode.reward_expense, "INR", f"program-{unique}") == -12345
+            assert (
+                await ledger.platform_balance(session, AccountCode.reward_expense, "INR", f"program-{unique}")
+                == -12345
+            )
             entry = await ledger.get_entry(session, posted.id)
         assert entry.type == "referral.reward"
         assert (entry.reference_type, entry.reference_id) == ("referral", unique)
@@ -49,12 +61,16 @@ class TestPostEntry:
         async with runtime.db.sessionmaker() as session, session.begin():
             with pytest.raises(ledger.UnbalancedEntry):
                 await ledger.post_entry(
-                    session, entry_type="test.swap", idempotency_key=f"swap:{unique}",
+                    session,
+                    entry_type="test.swap",
+                    idempotency_key=f"swap:{unique}",
                     legs=[Leg(member_account(a), -100, "INR"), Leg(member_account(b), 100, "USD")],
                 )
             with pytest.raises(ledger.UnbalancedEntry):
                 await ledger.post_entry(
-                    session, entry_type="test.leak", idempotency_key=f"leak:{unique}",
+                    session,
+                    entry_type="test.leak",
+                    idempotency_key=f"leak:{unique}",
                     legs=[Leg(member_account(a), -100, "INR"), Leg(member_account(b), 99, "INR")],
                 )
         assert await _entry_count(runtime, f"swap:{unique}") == 0
@@ -67,12 +83,21 @@ class TestPostEntry:
         await fund(runtime, a, 1000, "JPY")
         async with runtime.db.sessionmaker() as session, session.begin():
             await ledger.post_entry(
-                session, entry_type="test.gift", idempotency_key=f"gift:{unique}",
-                legs=[Leg(member_account(a), -100, "INR"), Leg(member_account(b), 100, "INR"),
-                      Leg(member_account(a), -7, "JPY"), Leg(member_account(b), 7, "JPY")],
+                session,
+                entry_type="test.gift",
+                idempotency_key=f"gift:{unique}",
+                legs=[
+                    Leg(member_account(a), -100, "INR"),
+                    Leg(member_account(b), 100, "INR"),
+                    Leg(member_account(a), -7, "JPY"),
+                    Leg(member_account(b), 7, "JPY"),
+                ],
             )
         async with runtime.db.sessionmaker() as session:
-            assert [(x.currency, x.available) for x in await ledger.balances_for(session, b)] == [("INR", 100), ("JPY", 7)]
+            assert [(x.currency, x.available) for x in await ledger.balances_for(session, b)] == [
+                ("INR", 100),
+                ("JPY", 7),
+            ]
 
     @pytest.mark.parametrize("currency", ["XAU", "ABC", "inr", ""])
     async def test_unknown_currency_refused(self, runtime: Runtime, unique: str, currency: str) -> None:
@@ -80,8 +105,13 @@ class TestPostEntry:
         async with runtime.db.sessionmaker() as session, session.begin():
             with pytest.raises(ledger.UnknownCurrency):
                 await ledger.move(
-                    session, entry_type="test.fund", source=program_expense(unique), destination=member_account(member),
-                    amount=1, currency=currency, idempotency_key=f"cur:{unique}",
+                    session,
+                    entry_type="test.fund",
+                    source=program_expense(unique),
+                    destination=member_account(member),
+                    amount=1,
+                    currency=currency,
+                    idempotency_key=f"cur:{unique}",
                 )
         assert await _entry_count(runtime, f"cur:{unique}") == 0
 
@@ -91,9 +121,13 @@ class TestPostEntry:
         async with runtime.db.sessionmaker() as session, session.begin():
             with pytest.raises(ledger.InvalidPosting):
                 await ledger.post_entry(
-                    session, entry_type="test.bad", idempotency_key=f"bad:{unique}",
-                    legs=[Leg(program_expense(unique), -amount, "INR"),  # type: ignore[operator]
-                          Leg(member_account(member), amount, "INR")],  # type: ignore[arg-type]
+                    session,
+                    entry_type="test.bad",
+                    idempotency_key=f"bad:{unique}",
+                    legs=[
+                        Leg(program_expense(unique), -amount, "INR"),  # type: ignore[operator]
+                        Leg(member_account(member), amount, "INR"),
+                    ],  # type: ignore[arg-type]
                 )
         assert await _entry_count(runtime, f"bad:{unique}") == 0
 
@@ -105,28 +139,49 @@ class TestPostEntry:
         async with runtime.db.sessionmaker() as session, session.begin():
             with pytest.raises(ledger.InsufficientFunds):
                 await ledger.move(
-                    session, entry_type="test.pay", source=member_account(a), destination=member_account(b),
-                    amount=501, currency="INR", idempotency_key=f"too-much:{unique}",
+                    session,
+                    entry_type="test.pay",
+                    source=member_account(a),
+                    destination=member_account(b),
+                    amount=501,
+                    currency="INR",
+                    idempotency_key=f"too-much:{unique}",
                 )
             # Same transaction: a smaller movement still goes through, and commits alone.
             await ledger.move(
-                session, entry_type="test.pay", source=member_account(a), destination=member_account(b),
-                amount=200, currency="INR", idempotency_key=f"ok:{unique}",
+                session,
+                entry_type="test.pay",
+                source=member_account(a),
+                destination=member_account(b),
+                amount=200,
+                currency="INR",
+                idempotency_key=f"ok:{unique}",
             )
         assert await _entry_count(runtime, f"too-much:{unique}") == 0
         async with runtime.db.sessionmaker() as session:
             assert (await ledger.balance_of(session, a, "INR")).available == 300
             assert (await ledger.balance_of(session, b, "INR")).available == 200
             # The refused entry wrote no posting.
-            count = await session.scalar(select(func.count()).select_from(Posting).where(Posting.member_id == b))
+            count = await session.scalar(
+                select(func.count()).select_from(Posting).where(Posting.member_id == b)
+            )
             assert count == 1
 
 
 class TestIdempotency:
-    async def test_same_reference_same_body_returns_the_first_entry(self, runtime: Runtime, unique: str) -> None:
+    async def test_same_reference_same_body_returns_the_first_entry(
+        self, runtime: Runtime, unique: str
+    ) -> None:
         member = await make_member(runtime)
-        kwargs = dict(entry_type="referral.reward", source=program_expense(unique), destination=member_account(member),
-                      amount=700, currency="INR", idempotency_key=f"once:{unique}", metadata={"n": 1})
+        kwargs = dict(
+            entry_type="referral.reward",
+            source=program_expense(unique),
+            destination=member_account(member),
+            amount=700,
+            currency="INR",
+            idempotency_key=f"once:{unique}",
+            metadata={"n": 1},
+        )
         async with runtime.db.sessionmaker() as session, session.begin():
             first = await ledger.move(session, **kwargs)  # type: ignore[arg-type]
         async with runtime.db.sessionmaker() as session, session.begin():
@@ -137,15 +192,21 @@ class TestIdempotency:
             assert (await ledger.balance_of(session, member, "INR")).available == 700
 
     @pytest.mark.parametrize(
-        "change", [{"amount": 701}, {"metadata": {"n": 2}}, {"entry_type": "referral.bonus"}, {"currency": "USD"}]
+        "change",
+        [{"amount": 701}, {"metadata": {"n": 2}}, {"entry_type": "referral.bonus"}, {"currency": "USD"}],
     )
     async def test_same_reference_other_body_is_refused_without_effect(
         self, runtime: Runtime, unique: str, change: dict[str, object]
     ) -> None:
         member = await make_member(runtime)
         kwargs: dict[str, object] = dict(
-            entry_type="referral.reward", source=program_expense(unique), destination=member_account(member),
-            amount=700, currency="INR", idempotency_key=f"once:{unique}", metadata={"n": 1},
+            entry_type="referral.reward",
+            source=program_expense(unique),
+            destination=member_account(member),
+            amount=700,
+            currency="INR",
+            idempotency_key=f"once:{unique}",
+            metadata={"n": 1},
         )
         async with runtime.db.sessionmaker() as session, session.begin():
             first = await ledger.move(session, **kwargs)  # type: ignore[arg-type]
@@ -161,8 +222,14 @@ class TestIdempotency:
     async def test_replay_wins_over_a_balance_spent_since(self, runtime: Runtime, unique: str) -> None:
         a, b = await make_members(runtime, 2)
         await fund(runtime, a, 100)
-        kwargs = dict(entry_type="test.pay", source=member_account(a), destination=member_account(b), amount=100,
-                      currency="INR", idempotency_key=f"pay:{unique}")
+        kwargs = dict(
+            entry_type="test.pay",
+            source=member_account(a),
+            destination=member_account(b),
+            amount=100,
+            currency="INR",
+            idempotency_key=f"pay:{unique}",
+        )
         async with runtime.db.sessionmaker() as session, session.begin():
             first = await ledger.move(session, **kwargs)  # type: ignore[arg-type]
         # a's balance is now 0: repeating the request answers the first result, not "insufficient".
@@ -175,8 +242,13 @@ class TestReversal:
         member = await make_member(runtime)
         async with runtime.db.sessionmaker() as session, session.begin():
             posted = await ledger.move(
-                session, entry_type="referral.reward", source=program_expense(unique),
-                destination=member_account(member), amount=900, currency="INR", idempotency_key=f"r:{unique}",
+                session,
+                entry_type="referral.reward",
+                source=program_expense(unique),
+                destination=member_account(member),
+                amount=900,
+                currency="INR",
+                idempotency_key=f"r:{unique}",
             )
         async with runtime.db.sessionmaker() as session, session.begin():
             reversal = await ledger.reverse_entry(session, posted.id, reason="referral was fraudulent")
@@ -189,7 +261,10 @@ class TestReversal:
                 await ledger.reverse_entry(session, reversal.id, reason="undo the undo")
         async with runtime.db.sessionmaker() as session:
             assert (await ledger.balance_of(session, member, "INR")).available == 0
-            assert await ledger.platform_balance(session, AccountCode.reward_expense, "INR", f"program-{unique}") == 0
+            assert (
+                await ledger.platform_balance(session, AccountCode.reward_expense, "INR", f"program-{unique}")
+                == 0
+            )
             view = await ledger.get_entry(session, reversal.id)
         assert view.reverses_entry_id == posted.id and view.type == "ledger.reversal"
         assert view.metadata["reason"] == "referral was fraudulent"
@@ -198,11 +273,23 @@ class TestReversal:
         a, b = await make_members(runtime, 2)
         async with runtime.db.sessionmaker() as session, session.begin():
             posted = await ledger.move(
-                session, entry_type="referral.reward", source=program_expense(unique), destination=member_account(a),
-                amount=900, currency="INR", idempotency_key=f"r:{unique}",
+                session,
+                entry_type="referral.reward",
+                source=program_expense(unique),
+                destination=member_account(a),
+                amount=900,
+                currency="INR",
+                idempotency_key=f"r:{unique}",
             )
-            await ledger.move(session, entry_type="test.pay", source=member_account(a), destination=member_account(b),
-                              amount=500, currency="INR", idempotency_key=f"spend:{unique}")
+            await ledger.move(
+                session,
+                entry_type="test.pay",
+                source=member_account(a),
+                destination=member_account(b),
+                amount=500,
+                currency="INR",
+                idempotency_key=f"spend:{unique}",
+            )
         async with runtime.db.sessionmaker() as session, session.begin():
             with pytest.raises(ledger.InsufficientFunds):
                 await ledger.reverse_entry(session, posted.id, reason="clawback")
@@ -221,9 +308,14 @@ class TestHistory:
         async with runtime.db.sessionmaker() as session, session.begin():
             for i in range(5):
                 await ledger.move(
-                    session, entry_type="referral.reward" if i % 2 == 0 else "game.prize",
-                    source=program_expense(unique) if i % 2 == 0 else platform_account(AccountCode.game_prizes),
-                    destination=member_account(member), amount=100 + i, currency="INR",
+                    session,
+                    entry_type="referral.reward" if i % 2 == 0 else "game.prize",
+                    source=program_expense(unique)
+                    if i % 2 == 0
+                    else platform_account(AccountCode.game_prizes),
+                    destination=member_account(member),
+                    amount=100 + i,
+                    currency="INR",
                     idempotency_key=f"h{i}:{unique}",
                 )
         async with runtime.db.sessionmaker() as session:

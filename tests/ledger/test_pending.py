@@ -28,8 +28,14 @@ async def _expense(rt: Runtime, unique: str) -> int:
 async def _earn(rt: Runtime, member: uuid.UUID, unique: str, amount: int = 1000, **kw: object) -> uuid.UUID:
     async with rt.db.sessionmaker() as session, session.begin():
         result = await ledger.earn_pending(
-            session, member_id=member, amount=amount, currency="INR", source=program_expense(unique),
-            idempotency_key=f"earn:{unique}:{uuid.uuid4()}", reference_type="referral", reference_id=unique,
+            session,
+            member_id=member,
+            amount=amount,
+            currency="INR",
+            source=program_expense(unique),
+            idempotency_key=f"earn:{unique}:{uuid.uuid4()}",
+            reference_type="referral",
+            reference_id=unique,
             **kw,  # type: ignore[arg-type]
         )
     return result.transfer.id
@@ -91,8 +97,13 @@ class TestEarnings:
 
     async def test_creation_is_idempotent(self, runtime: Runtime, unique: str) -> None:
         member = await make_member(runtime)
-        kwargs = dict(member_id=member, amount=250, currency="INR", source=program_expense(unique),
-                      idempotency_key=f"earn:{unique}")
+        kwargs = dict(
+            member_id=member,
+            amount=250,
+            currency="INR",
+            source=program_expense(unique),
+            idempotency_key=f"earn:{unique}",
+        )
         async with runtime.db.sessionmaker() as session, session.begin():
             first = await ledger.earn_pending(session, **kwargs)  # type: ignore[arg-type]
         async with runtime.db.sessionmaker() as session, session.begin():
@@ -116,18 +127,29 @@ class TestHolds:
         await fund(runtime, member, 1000)
         clearing = platform_account(AccountCode.payout_clearing, f"test-{unique}")
         async with runtime.db.sessionmaker() as session, session.begin():
-            held = await ledger.hold(session, member_id=member, amount=700, currency="INR",
-                                     idempotency_key=f"w:{unique}:hold", reference_type="withdrawal",
-                                     reference_id=unique)
+            held = await ledger.hold(
+                session,
+                member_id=member,
+                amount=700,
+                currency="INR",
+                idempotency_key=f"w:{unique}:hold",
+                reference_type="withdrawal",
+                reference_id=unique,
+            )
         assert await _balance(runtime, member) == (0, 300, 700)
         async with runtime.db.sessionmaker() as session, session.begin():
             await ledger.post_pending(session, held.transfer.id, destination=clearing)
         assert await _balance(runtime, member) == (0, 300, 0)
         async with runtime.db.sessionmaker() as session:
-            assert await ledger.platform_balance(session, AccountCode.payout_clearing, "INR", f"test-{unique}") == 700
+            assert (
+                await ledger.platform_balance(session, AccountCode.payout_clearing, "INR", f"test-{unique}")
+                == 700
+            )
             entries, _ = await ledger.list_member_entries(session, member)
         assert [(e.type, e.available, e.held) for e in entries] == [
-            ("pending.posted", 0, -700), ("pending.hold", -700, 700), ("test.fund", 1000, 0)
+            ("pending.posted", 0, -700),
+            ("pending.hold", -700, 700),
+            ("test.fund", 1000, 0),
         ]
         assert entries[0].reference_id == unique
 
@@ -136,7 +158,9 @@ class TestHolds:
         await fund(runtime, member, 100)
         async with runtime.db.sessionmaker() as session, session.begin():
             with pytest.raises(ledger.InsufficientFunds):
-                await ledger.hold(session, member_id=member, amount=101, currency="INR", idempotency_key=f"w:{unique}")
+                await ledger.hold(
+                    session, member_id=member, amount=101, currency="INR", idempotency_key=f"w:{unique}"
+                )
         assert await _balance(runtime, member) == (0, 100, 0)
 
     async def test_release_gives_the_hold_back_and_partial_post_releases_the_rest(
@@ -145,8 +169,12 @@ class TestHolds:
         member = await make_member(runtime)
         await fund(runtime, member, 1000)
         async with runtime.db.sessionmaker() as session, session.begin():
-            a = await ledger.hold(session, member_id=member, amount=300, currency="INR", idempotency_key=f"a:{unique}")
-            b = await ledger.hold(session, member_id=member, amount=500, currency="INR", idempotency_key=f"b:{unique}")
+            a = await ledger.hold(
+                session, member_id=member, amount=300, currency="INR", idempotency_key=f"a:{unique}"
+            )
+            b = await ledger.hold(
+                session, member_id=member, amount=500, currency="INR", idempotency_key=f"b:{unique}"
+            )
         assert await _balance(runtime, member) == (0, 200, 800)
         async with runtime.db.sessionmaker() as session, session.begin():
             await ledger.release(session, a.transfer.id)
@@ -161,7 +189,9 @@ class TestHolds:
         member = await make_member(runtime)
         await fund(runtime, member, 10)
         async with runtime.db.sessionmaker() as session, session.begin():
-            held = await ledger.hold(session, member_id=member, amount=10, currency="INR", idempotency_key=f"h:{unique}")
+            held = await ledger.hold(
+                session, member_id=member, amount=10, currency="INR", idempotency_key=f"h:{unique}"
+            )
             with pytest.raises(ledger.InvalidPosting):
                 await ledger.post_pending(session, held.transfer.id)
 
@@ -190,7 +220,10 @@ class TestExpiry:
         from referloop.ledger.tasks import expire_pending_transfers
 
         member = await make_member(runtime)
-        ids = [await _earn(runtime, member, unique, 10, expires_at=utcnow() - timedelta(seconds=1)) for _ in range(5)]
+        ids = [
+            await _earn(runtime, member, unique, 10, expires_at=utcnow() - timedelta(seconds=1))
+            for _ in range(5)
+        ]
         assert await expire_pending_transfers(runtime, batch=2) >= 5
         async with runtime.db.sessionmaker() as session:
             assert {(await ledger.get_pending(session, i)).status for i in ids} == {PendingStatus.expired}

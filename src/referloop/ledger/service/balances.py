@@ -87,6 +87,7 @@ async def list_member_entries(
     types: list[str] | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    status: str | None = None,
     cursor: str | None = None,
     limit: int = 50,
 ) -> tuple[list[MemberEntry], str | None]:
@@ -117,6 +118,11 @@ async def list_member_entries(
         stmt = stmt.where(JournalEntry.created_at >= since)
     if until:
         stmt = stmt.where(JournalEntry.created_at < until)
+    if status is not None:
+        # "pending": the entry put money into the member's pending or held balance (it awaits a
+        # release, a payout or a void); "completed": it moved available money only.
+        awaiting = func.coalesce(net.filter(Posting.bucket.in_(("pending", "held"))), 0) > 0
+        stmt = stmt.having(awaiting if status == "pending" else ~awaiting)
     rows = (await session.execute(paginate_by_id_desc(stmt, JournalEntry.id, cursor, limit))).all()
     page, next_cursor = split_page(list(rows), limit, lambda r: [r.id])
     return [

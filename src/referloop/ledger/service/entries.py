@@ -406,6 +406,9 @@ async def move(
     """The common two-legged entry: `amount` (> 0) from `source` to `destination`."""
     if not _is_positive_int(amount):
         raise InvalidPosting("The amount to move is a positive integer of minor units.")
+    if source == destination:
+        # As in TigerBeetle: a movement from an account to itself is a mistake, not a no-op.
+        raise InvalidPosting("The source and destination accounts must differ.")
     return await post_entry(
         session,
         entry_type=entry_type,
