@@ -123,6 +123,31 @@ class TestPerAccount:
             )
             assert_429(r)
 
+    async def test_refresh_per_account_across_devices(self, app_factory: Callable[..., FastAPI]) -> None:
+        app = app_factory(rate_limit_refresh=TINY)
+        async with asgi_client(app) as client:
+            m = await register_member(client)
+        tokens = [m.refresh_token]
+        for _ in range(3):
+            async with asgi_client(app) as c:
+                r = await c.post("/v1/auth/login", json={"login": m.email, "password": m.password})
+                tokens.append(r.json()["refresh_token"])
+        for token in tokens[:3]:
+            async with asgi_client(app) as c:
+                assert (await c.post("/v1/auth/refresh", json={"refresh_token": token})).status_code == 200
+        async with asgi_client(app) as c:
+            assert_429(await c.post("/v1/auth/refresh", json={"refresh_token": tokens[3]}))
+
+    async def test_register_per_address(self, app_factory: Callable[..., FastAPI]) -> None:
+        app = app_factory(rate_limit_register=TINY)
+        email = new_email()
+        body = {"email": email, "password": DEFAULT_PASSWORD, "display_name": "X"}
+        statuses = []
+        for _ in range(4):
+            async with asgi_client(app) as c:
+                statuses.append((await c.post("/v1/auth/register", json=body)).status_code)
+        assert statuses == [201, 409, 409, 429]
+
     async def test_code_verification_per_account(self, app_factory: Callable[..., FastAPI]) -> None:
         app = app_factory(rate_limit_verify=TINY)
         rt: Runtime = app.state.runtime
