@@ -12,6 +12,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     StringConstraints,
     TypeAdapter,
     WithJsonSchema,
@@ -58,7 +60,7 @@ class Money(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    amount: int = Field(ge=0, le=10**15)
+    amount: StrictInt = Field(ge=0, le=10**15)
     currency: CurrencyCode
 
 
@@ -71,7 +73,7 @@ class UniversityCreate(StrictModel):
     country: CountryCode
     website_url: Url | None = None
     description: Description = ""
-    active: bool = True
+    active: StrictBool = True
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -94,7 +96,7 @@ class UniversityUpdate(StrictModel):
     country: CountryCode | None = None
     website_url: Url | None = None
     description: Description | None = None
-    active: bool | None = None
+    active: StrictBool | None = None
 
 
 class UniversityRef(BaseModel):
@@ -131,7 +133,7 @@ class ProgramCreate(StrictModel):
     landing_url: Url = Field(
         description="Where share links send visitors (attribution parameters are added)."
     )
-    active: bool = True
+    active: StrictBool = True
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -159,7 +161,7 @@ class ProgramUpdate(StrictModel):
     fee: Money | None = None
     description: Description | None = None
     landing_url: Url | None = None
-    active: bool | None = None
+    active: StrictBool | None = None
 
 
 class ProgramOut(BaseModel):
@@ -199,8 +201,8 @@ class Eligibility(BaseModel):
     countries: list[CountryCode] = Field(
         default_factory=list, max_length=250, description="Referrer's country; empty means every country."
     )
-    require_email_verified: bool = False
-    require_phone_verified: bool = False
+    require_email_verified: StrictBool = False
+    require_phone_verified: StrictBool = False
     kyc_status: KycStatus | None = Field(default=None, description="The referrer's KYC status must be this.")
 
 
@@ -210,12 +212,12 @@ class CampaignCreate(StrictModel):
     program_ids: list[uuid.UUID] = Field(min_length=1, max_length=500)
     starts_at: datetime
     ends_at: datetime | None = None
-    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher wins when campaigns overlap.")
+    priority: StrictInt = Field(default=0, ge=-1000, le=1000, description="Higher wins when campaigns overlap.")
     currency: CurrencyCode
     budget_total: Money | None = Field(default=None, description="Total reward budget; null for none.")
     per_referrer_cap: ReferrerCap | None = None
     eligibility: Eligibility = Field(default_factory=Eligibility)
-    attribution_window_days: int = Field(default=30, ge=1, le=365)
+    attribution_window_days: StrictInt = Field(default=30, ge=1, le=365)
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -248,11 +250,11 @@ class CampaignUpdate(StrictModel):
     program_ids: list[uuid.UUID] | None = Field(default=None, min_length=1, max_length=500)
     starts_at: datetime | None = None
     ends_at: datetime | None = None
-    priority: int | None = Field(default=None, ge=-1000, le=1000)
+    priority: StrictInt | None = Field(default=None, ge=-1000, le=1000)
     budget_total: Money | None = None
     per_referrer_cap: ReferrerCap | None = None
     eligibility: Eligibility | None = None
-    attribution_window_days: int | None = Field(default=None, ge=1, le=365)
+    attribution_window_days: StrictInt | None = Field(default=None, ge=1, le=365)
 
 
 def _check_campaign_fields(
