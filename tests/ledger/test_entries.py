@@ -325,3 +325,49 @@ class TestHistory:
         assert [e.available for e in page1 + page2] == [104, 103, 102, 101, 100]
         assert end is None
         assert [e.available for e in games] == [103, 101]
+
+
+async def test_the_ledgers_own_idempotency_references_are_reserved(runtime: Runtime, unique: str) -> None:
+    member = await make_member(runtime)
+    async with runtime.db.sessionmaker() as session, session.begin():
+        with pytest.raises(ledger.InvalidPosting):
+            await ledger.move(
+                session,
+                entry_type="test.fund",
+                source=program_expense(unique),
+                destination=member_account(member),
+                amount=1,
+                currency="INR",
+                idempotency_key=f"ledger.pending:{uuid.uuid4()}:final",
+            )
+        with pytest.raises(ledger.InvalidPosting):
+            await ledger.earn_pending(
+                session,
+                member_id=member,
+                amount=1,
+                currency="INR",
+                source=program_expense(unique),
+                idempotency_key="ledger.reversal:x",
+            )
+    async with runtime.db.sessionmaker() as session:
+        assert await ledger.balances_for(session, member) == []
+
+
+async def test_history_status_filter(runtime: Runtime, unique: str) -> None:
+    member = await make_member(runtime)
+    await fund(runtime, member, 100)
+    async with runtime.db.sessionmaker() as session, session.begin():
+        await ledger.hold(session, member_id=member, amount=30, currency="INR", idempotency_key=f"h:{unique}")
+        await ledger.earn_pending(
+            session,
+            member_id=member,
+            amount=5,
+            currency="INR",
+            source=program_expense(unique),
+            idempotency_key=f"e:{unique}",
+        )
+    async with runtime.db.sessionmaker() as session:
+        awaiting, _ = await ledger.list_member_entries(session, member, status="pending")
+        done, _ = await ledger.list_member_entries(session, member, status="completed")
+    assert [e.type for e in awaiting] == ["pending.earning", "pending.hold"]
+    assert [e.type for e in done] == ["test.fund"]

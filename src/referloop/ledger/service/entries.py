@@ -50,6 +50,7 @@ from referloop.ledger.service.accounts import (
 
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 _MAX_LINES = 64
+_RESERVED_KEY_PREFIX = "ledger."
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +379,7 @@ async def post_entry(
     with another body it raises IdempotencyConflict. A member balance that would go negative
     raises InsufficientFunds. Either way nothing is half-written. Pending and held amounts move
     only through `earn_pending`/`hold` and their `post_pending`/`void_pending`."""
+    _check_caller_key(idempotency_key)
     lines = [_Line(leg.account, Bucket.available, leg.currency, leg.amount) for leg in legs]
     return await _apply(
         session,
@@ -418,6 +420,14 @@ async def move(
         metadata=metadata,
         legs=[Leg(source, -amount, currency), Leg(destination, amount, currency)],
     )
+
+
+def _check_caller_key(idempotency_key: str) -> None:
+    if idempotency_key.startswith(_RESERVED_KEY_PREFIX):
+        # The ledger's own keys (a transfer's resolution, a reversal) must stay out of callers' reach.
+        raise InvalidPosting(
+            f"Idempotency references starting with {_RESERVED_KEY_PREFIX!r} are the ledger's own."
+        )
 
 
 def _is_positive_int(amount: object) -> bool:

@@ -47,6 +47,7 @@ from referloop.ledger.service.entries import (
     PostedEntry,
     _apply,
     _apply_with_accounts,
+    _check_caller_key,
     _is_positive_int,
     _Line,
 )
@@ -83,6 +84,7 @@ async def _create(
 ) -> PendingResult:
     if not _is_positive_int(amount):
         raise InvalidPosting("A pending amount is a positive integer of minor units.")
+    _check_caller_key(idempotency_key)
     if expires_at is not None and expires_at.tzinfo is None:
         raise InvalidPosting("expires_at must carry a time zone.")
     wallet = member_account(member_id)
