@@ -19,6 +19,7 @@ from referloop.disputes.routes import staff_router as disputes_staff_router
 from referloop.identity.routes import router as identity_router
 from referloop.identity.staff_routes import router as identity_staff_router
 from referloop.payouts.methods.routes import router as payout_methods_router
+from referloop.wallet.routes import router as wallet_router
 from referloop.referrals.routes import redirect_router as referrals_redirect_router
 from referloop.referrals.routes import router as referrals_router
 from referloop.referrals.staff_routes import router as referrals_staff_router
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             max_age=600,
         )
     app.add_middleware(EdgeMiddleware, metrics=rt.metrics, access_log=rt.settings.access_log)
-    for router in (system_router, identity_router, identity_staff_router, payout_methods_router, disputes_router, disputes_staff_router):
+    for router in (system_router, identity_router, identity_staff_router, payout_methods_router, disputes_router, disputes_staff_router, wallet_router):
         app.include_router(router)
     app.include_router(referrals_router)
     app.include_router(referrals_staff_router)

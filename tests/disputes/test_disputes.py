@@ -171,3 +171,43 @@ async def test_dispute_list_is_cursor_paginated(client):
         if not cursor:
             break
     assert seen == list(reversed(ids))
+
+
+async def test_finance_resolution_posts_one_adjustment_to_the_wallet(client, runtime):
+    from referloop import ledger
+
+    member = await register_member(client)
+    finance = await create_staff(client, runtime, role=Role.finance)
+    dispute = await open_dispute(client, member)
+    body = {
+        "outcome": "upheld",
+        "note": "Reward was missed.",
+        "adjustment": {"amount": 2500, "currency": "INR"},
+    }
+    r = await client.post(f"/v1/staff/disputes/{dispute['id']}/resolve", json=body, headers=finance.auth)
+    assert r.status_code == 200, r.text
+    assert r.json()["adjustment"] == {"amount": 2500, "currency": "INR"}
+    again = await client.post(f"/v1/staff/disputes/{dispute['id']}/resolve", json=body, headers=finance.auth)
+    assert again.status_code == 409
+    wallet = (await client.get("/v1/wallet", headers=member.auth)).json()["balances"]
+    assert wallet == [{"currency": "INR", "pending": 0, "available": 2500, "held": 0, "total": 2500}]
+    async with runtime.db.sessionmaker() as s:
+        assert (await ledger.reconcile(s)).ok
+
+
+async def test_a_debit_adjustment_never_takes_the_balance_below_zero(client, runtime):
+    member = await register_member(client)
+    finance = await create_staff(client, runtime, role=Role.finance)
+    dispute = await open_dispute(client, member)
+    body = {
+        "outcome": "partially_upheld",
+        "note": "Clawback.",
+        "adjustment": {"amount": -100, "currency": "INR"},
+    }
+    r = await client.post(f"/v1/staff/disputes/{dispute['id']}/resolve", json=body, headers=finance.auth)
+    assert r.status_code == 409
+    assert await db_value(runtime, "SELECT state FROM disputes WHERE id = :id", id=dispute["id"]) == "open"
+    assert (await client.get("/v1/wallet", headers=member.auth)).json()["balances"] in (
+        [],
+        [{"currency": "INR", "pending": 0, "available": 0, "held": 0, "total": 0}],
+    )
