@@ -28,6 +28,12 @@ from referloop.ledger.cli import ledger_app  # noqa: E402
 
 app.add_typer(ledger_app, name="ledger")
 
+from referloop.core.outbox.cli import outbox_app  # noqa: E402
+from referloop.worker import worker_command  # noqa: E402
+
+app.add_typer(outbox_app, name="outbox")
+app.command("worker")(worker_command)
+
 T = TypeVar("T")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

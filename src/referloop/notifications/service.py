@@ -29,14 +29,28 @@ def open_context(rt: Runtime, sealed: str) -> dict[str, Any]:
 async def send_email(
     session: AsyncSession, rt: Runtime, *, to: str, template: str, locale: str, context: dict[str, Any]
 ) -> None:
-    await enqueue(session, EMAIL_TOPIC, {
-        "to": to, "template": template, "locale": locale, "context": seal_context(rt, context),
-    })
+    await enqueue(
+        session,
+        EMAIL_TOPIC,
+        {
+            "to": to,
+            "template": template,
+            "locale": locale,
+            "context": seal_context(rt, context),
+        },
+    )
 
 
 async def send_sms(
     session: AsyncSession, rt: Runtime, *, to: str, template: str, locale: str, context: dict[str, Any]
 ) -> None:
-    await enqueue(session, SMS_TOPIC, {
-        "to": to, "template": template, "locale": locale, "context": seal_context(rt, context),
-    })
+    await enqueue(
+        session,
+        SMS_TOPIC,
+        {
+            "to": to,
+            "template": template,
+            "locale": locale,
+            "context": seal_context(rt, context),
+        },
+    )

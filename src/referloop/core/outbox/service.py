@@ -1,13 +1,21 @@
+"""Writing events, and the bookkeeping the relay and the in-process drain share: claim, mark, back off."""
+
 from __future__ import annotations
 
+import random
 import uuid
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from referloop.config import Settings
+from referloop.core.db import utcnow
 from referloop.core.ids import uuid7
 from referloop.core.outbox.models import OutboxEvent
+
+_ERROR_MAX_CHARS = 2000
 
 
 async def enqueue(session: AsyncSession, topic: str, payload: dict[str, Any]) -> uuid.UUID:
@@ -15,3 +23,64 @@ async def enqueue(session: AsyncSession, topic: str, payload: dict[str, Any]) ->
     event_id = uuid7()
     await session.execute(insert(OutboxEvent).values(id=event_id, topic=topic, payload=payload))
     return event_id
+
+
+def backoff_seconds(attempt: int, settings: Settings, *, jitter: bool = True) -> float:
+    """Delay before try number `attempt + 1` after `attempt` failures: base * 2^(attempt-1), capped.
+
+    Up to 10 % jitter (downwards) spreads out rows that failed together, e.g. during a broker outage."""
+    delay = min(
+        settings.outbox_backoff_max_seconds,
+        settings.outbox_backoff_base_seconds * float(2 ** max(0, attempt - 1)),
+    )
+    return delay * (1 - random.random() * 0.1) if jitter else delay
+
+
+def short_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:_ERROR_MAX_CHARS]
+
+
+async def claim_pending(session: AsyncSession, limit: int) -> list[OutboxEvent]:
+    """Lock up to `limit` due rows for the rest of the caller's transaction. Rows another worker holds
+    are skipped, so any number of relays share the table without handing out an event twice."""
+    rows = await session.scalars(
+        select(OutboxEvent)
+        .where(
+            OutboxEvent.published_at.is_(None),
+            OutboxEvent.dead_at.is_(None),
+            OutboxEvent.available_at <= func.now(),
+        )
+        .order_by(OutboxEvent.available_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(rows)
+
+
+async def mark_published(session: AsyncSession, ids: list[uuid.UUID]) -> None:
+    if ids:
+        await session.execute(
+            update(OutboxEvent).where(OutboxEvent.id.in_(ids)).values(published_at=func.now())
+        )
+
+
+def record_failure(event: OutboxEvent, exc: BaseException, settings: Settings) -> None:
+    """Count a failed try on a claimed row: back off, or give up after `outbox_max_attempts`."""
+    event.attempts += 1
+    event.last_error = short_error(exc)
+    now = utcnow()
+    if event.attempts >= settings.outbox_max_attempts:
+        event.dead_at = now
+    else:
+        event.available_at = now + timedelta(seconds=backoff_seconds(event.attempts, settings))
+
+
+async def revive_dead_events(session: AsyncSession) -> int:
+    """Give every dead outbox row a fresh set of tries (`referloop outbox retry-dead`)."""
+    result = await session.execute(
+        update(OutboxEvent)
+        .where(OutboxEvent.dead_at.is_not(None), OutboxEvent.published_at.is_(None))
+        .values(dead_at=None, attempts=0, available_at=func.now())
+        .returning(OutboxEvent.id)
+    )
+    return len(result.all())

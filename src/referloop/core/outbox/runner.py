@@ -1,0 +1,81 @@
+"""The worker's main loop: relay + broker consumers when `amqp_url` is set, else the in-process drain.
+
+`stop` (set on SIGTERM) ends the loop after the batch in hand; consumers stop taking messages and the
+ones being handled finish before the connection closes (unacked ones go back to their queue)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import aio_pika
+import structlog
+
+from referloop.core.outbox.broker import BrokerConsumers
+from referloop.core.outbox.consumers import ConsumerRegistry
+from referloop.core.outbox.drain import drain_once
+from referloop.core.outbox.relay import Relay
+from referloop.core.outbox.service import short_error
+
+if TYPE_CHECKING:
+    from referloop.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+_MAX_ERROR_PAUSE_SECONDS = 30.0
+
+
+async def _sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def _loop(rt: Runtime, stop: asyncio.Event, step: Callable[[], Awaitable[int]], what: str) -> None:
+    """Run `step` until stopped: again at once after a full batch, after the poll interval otherwise,
+    and after a growing pause while it keeps failing (a database or broker outage)."""
+    settings = rt.settings
+    errors = 0
+    while not stop.is_set():
+        try:
+            claimed = await step()
+            errors = 0
+        except Exception as exc:
+            errors += 1
+            pause = min(_MAX_ERROR_PAUSE_SECONDS, settings.outbox_poll_interval_seconds * 2**errors)
+            log.error(f"{what} failed", error=short_error(exc), retry_in_seconds=pause)
+            await _sleep_unless_stopped(stop, pause)
+            continue
+        if claimed < settings.outbox_batch_size:
+            await _sleep_unless_stopped(stop, settings.outbox_poll_interval_seconds)
+
+
+async def run_in_process(rt: Runtime, registry: ConsumerRegistry, stop: asyncio.Event) -> None:
+    log.info(
+        "worker draining the outbox in-process (no AMQP_URL)", consumers=[c.name for c in registry.all()]
+    )
+    await _loop(rt, stop, lambda: drain_once(rt, registry), "outbox drain")
+
+
+async def run_with_broker(rt: Runtime, registry: ConsumerRegistry, stop: asyncio.Event) -> None:
+    # Consumers use a robust connection: aio-pika reconnects and restores their queues and subscriptions.
+    connection = await aio_pika.connect_robust(rt.settings.amqp_url)
+    consumers = BrokerConsumers(rt, connection, registry.all())
+    relay = Relay(rt)
+    try:
+        # Queues first, so that the first events the relay publishes already have somewhere to go.
+        await consumers.start()
+        log.info("worker relaying the outbox to RabbitMQ", namespace=rt.settings.amqp_namespace)
+        await _loop(rt, stop, relay.relay_once, "outbox relay")
+    finally:
+        await consumers.stop()
+        await relay.close()
+        await connection.close()
+
+
+async def run_worker(rt: Runtime, registry: ConsumerRegistry, stop: asyncio.Event) -> None:
+    if rt.settings.amqp_url:
+        await run_with_broker(rt, registry, stop)
+    else:
+        await run_in_process(rt, registry, stop)
