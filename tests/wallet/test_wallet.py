@@ -141,3 +141,23 @@ async def test_wallet_needs_a_token(client):
     r = await client.get("/v1/wallet")
     assert r.status_code == 401
     assert r.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_member_can_dispute_their_own_transaction_only(client, runtime):
+    m = await register_member(client)
+    other = await register_member(client)
+    entry = await credit(runtime, m.id, 100)
+    body = {
+        "subject_type": "transaction",
+        "subject_id": str(entry),
+        "title": "Wrong amount",
+        "message": "Expected 200",
+    }
+    mine = await client.post(
+        "/v1/disputes", json=body, headers={**m.auth, "Idempotency-Key": str(uuid.uuid4())}
+    )
+    assert mine.status_code == 201, mine.text
+    theirs = await client.post(
+        "/v1/disputes", json=body, headers={**other.auth, "Idempotency-Key": str(uuid.uuid4())}
+    )
+    assert theirs.status_code == 404

@@ -8,6 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop import ledger
 from referloop.core.errors import NotFound
+from referloop.disputes.models import SubjectType
+from referloop.disputes.subjects import register_subject
 from referloop.wallet.schemas import BalanceOut, TransactionOut, TransactionStatus
 
 CSV_PAGE = 500
@@ -126,3 +128,14 @@ async def export_rows(
             yield row
         if cursor is None:
             return
+
+
+async def member_owns_transaction(session: AsyncSession, member_id: uuid.UUID, entry_id: uuid.UUID) -> bool:
+    try:
+        await transaction(session, member_id, entry_id)
+    except NotFound:
+        return False
+    return True
+
+
+register_subject(SubjectType.transaction, member_owns_transaction)
