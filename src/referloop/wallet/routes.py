@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from referloop.core.deps import ReadSession
+from referloop.core.deps import ReadSession, RuntimeDep
 from referloop.core.errors import InvalidInput, problem_responses
 from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from referloop.identity.deps import CurrentMember
@@ -89,7 +89,7 @@ async def list_transactions(
 )
 async def export_transactions(
     principal: CurrentMember,
-    session: ReadSession,
+    rt: RuntimeDep,
     currency: Currency = None,
     types: Types = None,
     status: TransactionStatus | None = None,
@@ -103,21 +103,23 @@ async def export_transactions(
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(CSV_COLUMNS)
-        async for row in service.export_rows(
-            session,
-            principal.user_id,
-            currency=currency,
-            types=types,
-            status=status,
-            since=since,
-            until=until,
-        ):
-            data = row.model_dump(mode="json")
-            writer.writerow([data[c] if data[c] is not None else "" for c in CSV_COLUMNS])
-            if buffer.tell() > 64_000:
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
+        # The stream outlives the route function (and its request session), so it owns its session.
+        async with rt.db.sessionmaker() as session:
+            async for row in service.export_rows(
+                session,
+                principal.user_id,
+                currency=currency,
+                types=types,
+                status=status,
+                since=since,
+                until=until,
+            ):
+                data = row.model_dump(mode="json")
+                writer.writerow([data[c] if data[c] is not None else "" for c in CSV_COLUMNS])
+                if buffer.tell() > 64_000:
+                    yield buffer.getvalue()
+                    buffer.seek(0)
+                    buffer.truncate()
         yield buffer.getvalue()
 
     return StreamingResponse(
