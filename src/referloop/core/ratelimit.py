@@ -1,6 +1,7 @@
 """Rate limits in Redis, using the `limits` library's sliding-window counter.
 
-Keys use a hash tag per subject ({ip:1.2.3.4}) so a Redis Cluster keeps them on one slot."""
+The library wraps each limit's key in braces ({LIMITER/login-ip/1.2.3.4/20/1/minute}), so the two
+keys of one sliding window share a hash slot and work on a Redis Cluster."""
 
 from __future__ import annotations
 
