@@ -187,6 +187,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI answers 400 for a body that is not UTF-8, 422 for any other malformed JSON;
+            # JSON is UTF-8 (RFC 8259), so both are the same mistake and get the same answer.
+            return problem(
+                422,
+                "validation_error",
+                "Invalid input",
+                "The request body is not valid JSON.",
+                request,
+                errors=[{"field": "", "location": "body", "message": "Not UTF-8", "type": "json_invalid"}],
+            )
         code, title = _HTTP_TITLES.get(exc.status_code, ("http_error", "HTTP error"))
         detail = exc.detail if isinstance(exc.detail, str) else title
         headers = getattr(exc, "headers", None)
