@@ -71,5 +71,6 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        await self.limiter.close()
         await self.redis.aclose()
         await self.db.dispose()

@@ -128,3 +128,25 @@ class TestCors:
     async def test_no_allow_list_means_no_cors_at_all(self, client: httpx.AsyncClient) -> None:
         r = await client.get("/healthz", headers={"Origin": ORIGIN})
         assert "access-control-allow-origin" not in r.headers
+
+
+async def test_a_forwarded_address_that_is_not_an_ip_is_ignored():
+    from starlette.requests import Request
+
+    from referloop.core.deps import client_ip
+
+    def request(forwarded: str) -> Request:
+        return Request(
+            {
+                "type": "http",
+                "headers": [(b"x-forwarded-for", forwarded.encode())],
+                "client": ("192.0.2.7", 1234),
+                "method": "GET",
+                "path": "/",
+            }
+        )
+
+    assert client_ip(request("203.0.113.9"), 1) == "203.0.113.9"
+    assert client_ip(request("2001:db8::1"), 1) == "2001:db8::1"
+    assert client_ip(request("<script>" * 20), 1) == "192.0.2.7"
+    assert client_ip(request("203.0.113.9"), 0) == "192.0.2.7"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator
 from typing import Annotated, cast
 
@@ -54,12 +55,17 @@ ReadSession = Annotated[AsyncReadSession, Depends(_read_session, scope="function
 
 
 def client_ip(request: Request, trusted_proxies: int) -> str | None:
+    """The client's address: the one our trusted proxies saw, or the socket peer. A forwarded value
+    that is not an IP address is ignored (it would otherwise key rate limits and audit rows)."""
     if trusted_proxies > 0:
         forwarded = request.headers.get("x-forwarded-for")
         if forwarded:
             hops = [h.strip() for h in forwarded.split(",") if h.strip()]
             if len(hops) >= trusted_proxies:
-                return hops[-trusted_proxies]
+                try:
+                    return str(ipaddress.ip_address(hops[-trusted_proxies]))
+                except ValueError:
+                    pass
     return request.client.host if request.client else None
 
 

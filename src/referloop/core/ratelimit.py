@@ -47,5 +47,11 @@ class RateLimiter:
             stats = await self._limiter.get_window_stats(item, *identifiers)
             raise TooManyRequests(max(1, math.ceil(stats.reset_time - time.time())))
 
+    async def close(self) -> None:
+        """Close the storage's own Redis connection pool (the library opens one per storage)."""
+        client = getattr(getattr(self._storage, "bridge", None), "storage", None)
+        if client is not None:
+            await client.aclose()
+
     async def clear(self, spec: str, *identifiers: str) -> None:
         await self._limiter.clear(self._item(spec), *identifiers)
