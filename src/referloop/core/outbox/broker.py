@@ -40,6 +40,7 @@ log = structlog.get_logger(__name__)
 
 ATTEMPT_HEADER = "x-referloop-attempt"
 PUBLISH_TIMEOUT_SECONDS = 10.0
+STOP_GRACE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,11 @@ class BrokerConsumers:
             except Exception as exc:  # the channel may already be gone; the broker requeues unacked
                 log.warning("consumer cancel failed", queue=queue.name, error=short_error(exc))
         self._subscriptions.clear()
-        await self._idle.wait()
+        try:
+            await asyncio.wait_for(self._idle.wait(), STOP_GRACE_SECONDS)
+        except TimeoutError:
+            # Their messages are not acked: closing the channel hands them to another worker.
+            log.warning("handlers still running at shutdown", count=len(self._inflight))
         for channel in self._channels:
             if not channel.is_closed:
                 await channel.close()

@@ -60,7 +60,10 @@ async def claim_pending(session: AsyncSession, limit: int) -> list[OutboxEvent]:
 async def mark_published(session: AsyncSession, ids: list[uuid.UUID]) -> None:
     if ids:
         await session.execute(
-            update(OutboxEvent).where(OutboxEvent.id.in_(ids)).values(published_at=func.now())
+            update(OutboxEvent)
+            .where(OutboxEvent.id.in_(ids))
+            .values(published_at=func.now())
+            .execution_options(synchronize_session=False)
         )
 
 
