@@ -30,8 +30,9 @@ pytest: install
 
 test: lint typecheck pytest
 
+# Benchmarks against a real server (see bench/README.md); installs wrk from Debian when missing.
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
