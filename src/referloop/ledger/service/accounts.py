@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -86,7 +86,6 @@ class AccountRow:
     shard: int
 
 
-_LOCK = text("SELECT id FROM ledger_accounts WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE")
 _CREATE = text(
     "INSERT INTO ledger_accounts (id, code, member_id, scope, currency, shard)"
     " SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:codes AS text[]), CAST(:members AS uuid[]),"
@@ -95,30 +94,17 @@ _CREATE = text(
 )
 
 
-async def lock_accounts(session: AsyncSession, rows: Iterable[AccountRow]) -> list[AccountRow]:
-    """Lock the balance rows of one entry in primary-key order; return the rows that do not exist yet.
-
-    Every writer locks in the same order, so two entries over the same accounts queue instead of
-    deadlocking. Locking first also means the guard that follows judges the latest balances."""
-    by_id = {r.id: r for r in rows}
-    ids = sorted(by_id)
-    found = set((await session.execute(_LOCK, {"ids": ids})).scalars())
-    return [by_id[i] for i in ids if i not in found]
-
-
-async def create_and_lock(
-    session: AsyncSession, missing: Sequence[AccountRow], all_ids: Iterable[uuid.UUID]
-) -> None:
-    """Create the accounts an entry touches for the first time, then hold every row of the entry."""
+async def create_accounts(session: AsyncSession, rows: Iterable[AccountRow]) -> None:
+    """Create the accounts an entry touches (those that exist already are left alone)."""
+    ordered = sorted(rows, key=lambda r: r.id)
     await session.execute(
         _CREATE,
         {
-            "ids": [r.id for r in missing],
-            "codes": [r.ref.code.value for r in missing],
-            "members": [r.ref.member_id for r in missing],
-            "scopes": [r.ref.scope for r in missing],
-            "currencies": [r.currency for r in missing],
-            "shards": [r.shard for r in missing],
+            "ids": [r.id for r in ordered],
+            "codes": [r.ref.code.value for r in ordered],
+            "members": [r.ref.member_id for r in ordered],
+            "scopes": [r.ref.scope for r in ordered],
+            "currencies": [r.currency for r in ordered],
+            "shards": [r.shard for r in ordered],
         },
     )
-    await session.execute(_LOCK, {"ids": sorted(all_ids)})

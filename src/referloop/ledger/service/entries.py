@@ -43,8 +43,7 @@ from referloop.ledger.service.accounts import (
     AccountRef,
     AccountRow,
     account_id,
-    create_and_lock,
-    lock_accounts,
+    create_accounts,
     pick_shard,
 )
 
@@ -156,27 +155,40 @@ def _validate(
         raise UnbalancedEntry(f"Postings must sum to zero per currency; off by {unbalanced}.")
 
 
-# The statement that applies an entry. `d` holds one row of bucket deltas per account, `p` the
-# postings. Every data-modifying CTE depends on `entry`, which is inserted only when the guard
-# holds and the idempotency key is new: so all of it happens, or none of it.
+# The statement that applies an entry, in one round trip. `d` holds one row of bucket deltas per
+# account, `p` the postings.
+# - `locked` takes the row locks in primary-key order (LockRows runs above the Sort), so entries
+#   over the same accounts queue instead of deadlocking; and under READ COMMITTED a row locked
+#   after a wait is returned as its latest committed version, so the guard judges current balances.
+# - `guard` reads every locked row (an aggregate, so all locks are taken before anything moves):
+#   `complete` is false when an account does not exist yet, `ok` when a member balance would go
+#   below zero. The guard is SQL over the locked rows, never a Python read followed by a write.
+# - every data-modifying CTE depends on `entry`, which is inserted only when the guard holds and
+#   the idempotency key is new: so all of it happens, or none of it, and a refusal leaves the
+#   caller's transaction clean. The UPDATE re-reads each (already locked) row at its latest version.
 _APPLY = text(
     """
 WITH d AS (
     SELECT * FROM unnest(CAST(:d_ids AS uuid[]), CAST(:d_pending AS bigint[]),
                          CAST(:d_available AS bigint[]), CAST(:d_held AS bigint[]))
         AS d(account_id, dp, da, dh)
+), locked AS (
+    SELECT a.id, a.member_id, a.pending, a.available, a.held
+    FROM ledger_accounts a WHERE a.id = ANY(CAST(:d_ids AS uuid[]))
+    ORDER BY a.id
+    FOR UPDATE
 ), guard AS (
-    SELECT NOT EXISTS (
-        SELECT 1 FROM ledger_accounts a JOIN d ON a.id = d.account_id
-        WHERE a.member_id IS NOT NULL
-          AND (a.pending + d.dp < 0 OR a.available + d.da < 0 OR a.held + d.dh < 0)
-    ) AS ok
+    SELECT count(*) = cardinality(CAST(:d_ids AS uuid[])) AS complete,
+           coalesce(bool_and(l.member_id IS NULL
+                             OR (l.pending + d.dp >= 0 AND l.available + d.da >= 0 AND l.held + d.dh >= 0)),
+                    true) AS ok
+    FROM locked l JOIN d ON d.account_id = l.id
 ), entry AS (
     INSERT INTO ledger_entries (id, type, reference_type, reference_id, idempotency_key, body_hash,
                                 metadata, reverses_entry_id, created_at)
     SELECT :id, :type, :reference_type, :reference_id, :key, :body_hash, :metadata, :reverses,
            statement_timestamp()
-    FROM guard WHERE guard.ok
+    FROM guard WHERE guard.ok AND guard.complete
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id, created_at
 ), moved AS (
@@ -194,11 +206,16 @@ WITH d AS (
         AS p(line, account_id, member_id, bucket, currency, amount)
     RETURNING 1
 )
-SELECT (SELECT ok FROM guard) AS ok, (SELECT id FROM entry) AS entry_id,
+SELECT guard.complete, guard.ok, (SELECT id FROM entry) AS entry_id,
        (SELECT created_at FROM entry) AS created_at,
        (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM lines) AS lines
+FROM guard
 """
 ).bindparams(bindparam("metadata", type_=JSONB))
+
+
+class _MissingAccounts(Exception):
+    """Raised by `_run` when an account of the entry does not exist yet (nothing was written)."""
 
 
 async def _apply(
@@ -262,7 +279,6 @@ async def _apply_with_accounts(
     for line in lines:
         deltas[rows[(line.ref, line.currency)].id][line.bucket] += line.amount
 
-    missing = await lock_accounts(session, rows.values())
     run = functools.partial(
         _run,
         session,
@@ -278,13 +294,15 @@ async def _apply_with_accounts(
         entry_id=entry_id,
         reverses=reverses,
     )
-    if not missing:
+    try:
         return await run()
+    except _MissingAccounts:
+        pass
     # First use of an account: create it in a savepoint, so that a refused entry (no funds, a
     # conflicting replay) leaves no empty account behind either.
     savepoint = await session.begin_nested()
     try:
-        await create_and_lock(session, missing, [r.id for r in rows.values()])
+        await create_accounts(session, rows.values())
         outcome = await run()
     except BaseException:
         await savepoint.rollback()
@@ -338,6 +356,8 @@ async def _run(
             },
         )
     ).one()
+    if not result.complete:
+        raise _MissingAccounts()
     if result.entry_id is not None:
         if result.moved != len(d_ids) or result.lines != len(lines):  # pragma: no cover - a broken invariant
             raise RuntimeError("ledger entry applied partially; the transaction must roll back")
