@@ -212,7 +212,9 @@ class CampaignCreate(StrictModel):
     program_ids: list[uuid.UUID] = Field(min_length=1, max_length=500)
     starts_at: datetime
     ends_at: datetime | None = None
-    priority: StrictInt = Field(default=0, ge=-1000, le=1000, description="Higher wins when campaigns overlap.")
+    priority: StrictInt = Field(
+        default=0, ge=-1000, le=1000, description="Higher wins when campaigns overlap."
+    )
     currency: CurrencyCode
     budget_total: Money | None = Field(default=None, description="Total reward budget; null for none.")
     per_referrer_cap: ReferrerCap | None = None

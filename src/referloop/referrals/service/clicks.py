@@ -4,8 +4,8 @@ The redirect path never queries PostgreSQL when the link cache is warm: it reads
 at from Redis (filled from the database on a miss), appends the click to a Redis stream, and answers.
 `flush_clicks` (run by the worker) moves clicks from the stream to the `clicks` table in batches:
 
-    XAUTOCLAIM orphaned entries (or XREADGROUP new ones) -> one INSERT ... ON CONFLICT DO NOTHING
-    -> COMMIT -> XACK + XDEL
+    XAUTOCLAIM orphaned entries (or XREADGROUP new ones) -> resolve code and program (3 queries)
+    -> one INSERT ... ON CONFLICT DO NOTHING -> COMMIT -> XACK + XDEL
 
 A flusher that dies after reading leaves its entries pending in the consumer group; the next flush
 claims them once they have been idle `click_claim_idle_seconds`. One that dies after the commit but
@@ -41,7 +41,7 @@ from referloop.referrals.models import Click, Program
 from referloop.referrals.service import cache
 from referloop.referrals.service.campaigns import link_windows
 from referloop.referrals.service.catalogue import visible_programs
-from referloop.referrals.service.codes import code_key, keyed_hash, resolve_code
+from referloop.referrals.service.codes import code_key, keyed_hash, resolve_code, resolve_codes
 from referloop.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -88,17 +88,8 @@ def with_params(url: str, params: dict[str, str]) -> str:
 # -- resolving a slug -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class LinkTarget:
-    program_id: str
-    landing_url: str
-    window_days: int
-    short_code: str
-    member_id: str | None  # None: the code belongs to no one (revoked or mistyped)
-    code: str | None
-
-
 def parse_slug(slug: str) -> tuple[str, str]:
+    """(code key, program short code), both Crockford-normalized, or 404."""
     code, sep, short = slug.rpartition("-")
     if not sep or not _CODE_RE.match(code) or not _SHORT_RE.match(short):
         raise LinkNotFound("This link does not exist.")
@@ -123,14 +114,11 @@ async def _load_code(rt: Runtime, key: str) -> bytes | None:
     return cache.code_value(resolved.member_id, resolved.code) if resolved else None
 
 
-async def resolve_slug(rt: Runtime, slug: str) -> LinkTarget:
-    key, short = parse_slug(slug)
+async def _fill(
+    rt: Runtime, key: str, short: str, raw_code: bytes | None, raw_program: bytes | None
+) -> tuple[bytes, bytes]:
+    """Cache misses are loaded from the database (the only SQL a redirect can run) and cached."""
     ttl = rt.settings.referral_link_cache_ttl_seconds
-    pipe = rt.redis.pipeline(transaction=False)
-    pipe.get(cache.code_key(key))
-    pipe.get(cache.program_key(short))
-    raw_code, raw_program = await pipe.execute()
-
     fill = rt.redis.pipeline(transaction=False)
     if raw_program is None:
         loaded = await _load_program(rt, short)
@@ -140,21 +128,8 @@ async def resolve_slug(rt: Runtime, slug: str) -> LinkTarget:
         loaded = await _load_code(rt, key)
         raw_code = loaded or cache.NEGATIVE
         fill.set(cache.code_key(key), raw_code, ex=ttl if loaded else cache.NEGATIVE_TTL_SECONDS)
-    if len(fill):
-        await fill.execute()
-
-    if raw_program == cache.NEGATIVE:
-        raise LinkNotFound("This link does not exist or its program is no longer offered.")
-    program = orjson.loads(raw_program)
-    member = orjson.loads(raw_code) if raw_code != cache.NEGATIVE else None
-    return LinkTarget(
-        program_id=program["p"],
-        landing_url=program["u"],
-        window_days=int(program["w"]),
-        short_code=short,
-        member_id=member["m"] if member else None,
-        code=member["c"] if member else None,
-    )
+    await fill.execute()
+    return raw_code, raw_program
 
 
 # -- following a link -----------------------------------------------------------------------------
@@ -176,24 +151,21 @@ async def follow_link(
     referer: str | None,
     country: str | None,
 ) -> Redirect:
-    """Where `/r/{slug}` sends the visitor, with the click buffered in Redis (never PostgreSQL)."""
-    target = await resolve_slug(rt, slug)
-    params = {"utm_source": "referloop", "utm_medium": "referral", "utm_campaign": target.short_code}
-    if target.member_id is None or target.code is None:
-        # The program exists but the code belongs to no one: still take the visitor there.
-        return Redirect(with_params(target.landing_url, params), None, 0)
+    """Where `/r/{slug}` sends the visitor, with the click buffered in Redis (never PostgreSQL).
+
+    One Redis round trip when the cache is warm: the two cache reads, the click's XADD and its
+    pending-click key go in one pipeline. The entry names the link (code, program short code), not
+    who it resolves to: the flusher resolves it, by the same rules. On a cold or unknown link the
+    entry is deleted again before the answer if the link turns out not to credit anyone."""
+    key, short = parse_slug(slug)
     bot = is_bot(user_agent)
     click_id = uuid7()
     now_ms = int(time.time() * 1000)
-    params["ref"] = target.code
-    if not bot:
-        params["rl_click"] = str(click_id)
     fields: dict[str, str] = {
         "i": str(click_id),
         "t": str(now_ms),
-        "p": target.program_id,
-        "m": target.member_id,
-        "c": target.code,
+        "k": key,
+        "s": short,
         "h": keyed_hash(rt, "ip", ip).hex() if ip else "",
         "a": (user_agent or "")[:512],
         "r": (referer or "")[:1024],
@@ -201,17 +173,36 @@ async def follow_link(
         "b": "1" if bot else "0",
     }
     pipe = rt.redis.pipeline(transaction=False)
+    pipe.get(cache.code_key(key))
+    pipe.get(cache.program_key(short))
     pipe.xadd(STREAM, fields)  # type: ignore[arg-type]
     if not bot:
         pipe.set(
             pending_click_key(click_id),
-            orjson.dumps({"m": target.member_id, "p": target.program_id, "t": now_ms}),
+            orjson.dumps({"k": key, "s": short, "t": now_ms}),
             ex=PENDING_CLICK_TTL_SECONDS,
         )
-    await pipe.execute()
-    return Redirect(
-        with_params(target.landing_url, params), None if bot else click_id, target.window_days * 86400
-    )
+    raw_code, raw_program, entry_id, *_ = await pipe.execute()
+    if raw_code is None or raw_program is None:
+        raw_code, raw_program = await _fill(rt, key, short, raw_code, raw_program)
+    if raw_code == cache.NEGATIVE or raw_program == cache.NEGATIVE:
+        # Not a click to count: take the entry back (the flusher would drop it in any case).
+        undo = rt.redis.pipeline(transaction=False)
+        undo.xdel(STREAM, entry_id)
+        undo.delete(pending_click_key(click_id))
+        await undo.execute()
+        if raw_program == cache.NEGATIVE:
+            raise LinkNotFound("This link does not exist or its program is no longer offered.")
+    program = orjson.loads(raw_program)
+    params = {"utm_source": "referloop", "utm_medium": "referral", "utm_campaign": short}
+    if raw_code == cache.NEGATIVE:
+        # The program exists but the code belongs to no one (revoked or mistyped): still take the
+        # visitor there, crediting no one.
+        return Redirect(with_params(program["u"], params), None, 0)
+    params["ref"] = orjson.loads(raw_code)["c"]
+    if not bot:
+        params["rl_click"] = str(click_id)
+    return Redirect(with_params(program["u"], params), None if bot else click_id, int(program["w"]) * 86400)
 
 
 # -- flushing -------------------------------------------------------------------------------------
@@ -261,20 +252,47 @@ async def take_batch(
         return await _take(rt, count, idle_ms, consumer)
 
 
-def _row(fields: dict[bytes, bytes]) -> dict[str, Any]:
+def _entry(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """A stream entry as a row, except member_id, program_id and code, which `_resolve` fills in."""
     f = {k.decode(): v.decode() for k, v in fields.items()}
     return {
         "id": uuid.UUID(f["i"]),
         "clicked_at": datetime.fromtimestamp(int(f["t"]) / 1000, UTC),
-        "program_id": uuid.UUID(f["p"]),
-        "member_id": uuid.UUID(f["m"]),
-        "code": f["c"][:20],
+        "key": f["k"],
+        "short": f["s"],
         "ip_hash": bytes.fromhex(f["h"]) if f.get("h") else None,
         "user_agent": f.get("a") or None,
         "referer": f.get("r") or None,
         "country": f.get("g") or None,
         "is_bot": f.get("b") == "1",
     }
+
+
+async def _resolve(rt: Runtime, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Who and which program each click credits, by the redirect's rules (a code that resolves to a
+    member, a program in the public catalogue), three queries per batch. Entries that resolve to no
+    one were answered without attribution (or 404) and are not stored."""
+    async with rt.db.sessionmaker() as session:
+        codes = await resolve_codes(session, {e["key"] for e in entries})
+        shorts = {e["short"] for e in entries}
+        programs = dict(
+            (short, pid)
+            for pid, short in (
+                await session.execute(
+                    visible_programs()
+                    .with_only_columns(Program.id, Program.short_code)
+                    .where(Program.short_code.in_(shorts))
+                )
+            ).all()
+        )
+    rows = []
+    for e in entries:
+        owner, program_id = codes.get(e["key"]), programs.get(e["short"])
+        if owner is None or program_id is None:
+            continue
+        row = {k: v for k, v in e.items() if k not in ("key", "short")}
+        rows.append({**row, "program_id": program_id, "member_id": owner.member_id, "code": owner.code[:20]})
+    return rows
 
 
 _known_partitions: set[tuple[str, str]] = set()
@@ -359,20 +377,20 @@ async def flush_clicks(
     )
     if not entries:
         return FlushResult(0, 0)
-    rows: list[dict[str, Any]] = []
+    parsed: list[dict[str, Any]] = []
     seen: set[uuid.UUID] = set()
     for entry_id, fields in entries:
         if not fields:
-            continue  # deleted while pending
+            continue  # deleted while pending (a link that credited no one)
         try:
-            row = _row(fields)
+            entry = _entry(fields)
         except (KeyError, ValueError, UnicodeDecodeError):
             log.warning("click_entry_malformed", entry_id=entry_id.decode(errors="replace"))
             continue  # acked below: a malformed entry would otherwise block the stream forever
-        if row["id"] not in seen:  # one statement cannot insert the same key twice
-            seen.add(row["id"])
-            rows.append(row)
-    inserted = await store_clicks(rt, rows)
+        if entry["id"] not in seen:  # one statement cannot insert the same key twice
+            seen.add(entry["id"])
+            parsed.append(entry)
+    inserted = await store_clicks(rt, await _resolve(rt, parsed) if parsed else [])
     await ack(rt, [entry_id for entry_id, _ in entries])
     return FlushResult(len(entries), inserted)
 
@@ -414,12 +432,12 @@ async def find_click(session: AsyncSession, rt: Runtime, click_id: uuid.UUID) ->
     if pending is None:
         return None
     data = orjson.loads(pending)
+    owner = await resolve_code(session, data["k"])
+    program_id = await session.scalar(select(Program.id).where(Program.short_code == data["s"]))
+    if owner is None or program_id is None:
+        return None
     return ClickFact(
-        click_id,
-        uuid.UUID(data["m"]),
-        uuid.UUID(data["p"]),
-        datetime.fromtimestamp(int(data["t"]) / 1000, UTC),
-        False,
+        click_id, owner.member_id, program_id, datetime.fromtimestamp(int(data["t"]) / 1000, UTC), False
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache as memoize
 from importlib.resources import files
@@ -30,7 +31,11 @@ from referloop.referrals.models import MemberDevice, Program, University, Vanity
 from referloop.referrals.service import cache
 from referloop.referrals.service.campaigns import link_windows
 from referloop.referrals.service.catalogue import visible_programs
-from referloop.referrals.service.members import member_facts, member_id_by_referral_code
+from referloop.referrals.service.members import (
+    member_facts,
+    member_id_by_referral_code,
+    members_by_referral_codes,
+)
 from referloop.runtime import Runtime
 
 
@@ -65,6 +70,25 @@ async def resolve_code(session: AsyncSession, code: str) -> ResolvedCode | None:
         select(VanityCode).where(VanityCode.code_key == key, VanityCode.status != VanityStatus.revoked.value)
     )
     return ResolvedCode(row.member_id, row.code) if row is not None else None
+
+
+async def resolve_codes(session: AsyncSession, codes: Iterable[str]) -> dict[str, ResolvedCode]:
+    """`resolve_code` for many codes at once (two queries), keyed by code key."""
+    keys = {code_key(c) for c in codes}
+    if not keys:
+        return {}
+    found: dict[str, ResolvedCode] = {}
+    for row in (
+        await session.execute(
+            select(VanityCode.code_key, VanityCode.member_id, VanityCode.code).where(
+                VanityCode.code_key.in_(keys), VanityCode.status != VanityStatus.revoked.value
+            )
+        )
+    ).all():
+        found[row[0]] = ResolvedCode(row[1], row[2])
+    for key, member_id in (await members_by_referral_codes(session, keys)).items():
+        found[key] = ResolvedCode(member_id, key)  # member codes win, as in resolve_code
+    return found
 
 
 async def active_vanity_code(session: AsyncSession, member_id: uuid.UUID) -> VanityCode | None:

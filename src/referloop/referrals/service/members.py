@@ -1,7 +1,8 @@
 """What referrals needs to know about members, read through identity's service where it has one.
 
-`member_id_by_referral_code` reads identity's `users` table directly because identity has no service
-function for it yet; it is the only such read in this package (move it to identity when one exists)."""
+`member_id_by_referral_code` and `members_by_referral_codes` read identity's `users` table directly
+because identity has no service function for them yet; they are the only such reads in this package
+(move them to identity when it has one)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,15 @@ async def member_id_by_referral_code(session: AsyncSession, code_key: str) -> uu
         select(User.id).where(User.referral_code == code_key, User.deleted_at.is_(None))
     )
     return member_id
+
+
+async def members_by_referral_codes(session: AsyncSession, code_keys: set[str]) -> dict[str, uuid.UUID]:
+    rows = await session.execute(
+        select(User.referral_code, User.id).where(
+            User.referral_code.in_(code_keys), User.deleted_at.is_(None)
+        )
+    )
+    return {code: member_id for code, member_id in rows.all()}
 
 
 def canonical_email(email: str) -> str:
