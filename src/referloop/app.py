@@ -19,6 +19,9 @@ from referloop.disputes.routes import staff_router as disputes_staff_router
 from referloop.identity.routes import router as identity_router
 from referloop.identity.staff_routes import router as identity_staff_router
 from referloop.payouts.methods.routes import router as payout_methods_router
+from referloop.payouts.withdrawals.routes import router as withdrawals_router
+from referloop.payouts.withdrawals.staff_routes import router as withdrawals_staff_router
+from referloop.payouts.withdrawals.webhooks import router as payout_webhooks_router
 from referloop.wallet.routes import router as wallet_router
 from referloop.referrals.routes import redirect_router as referrals_redirect_router
 from referloop.referrals.routes import router as referrals_router
@@ -61,11 +64,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             max_age=600,
         )
     app.add_middleware(EdgeMiddleware, metrics=rt.metrics, access_log=rt.settings.access_log)
+    app.include_router(referrals_redirect_router)  # first: the hottest route matches at once
     for router in (system_router, identity_router, identity_staff_router, payout_methods_router, disputes_router, disputes_staff_router, wallet_router):
         app.include_router(router)
     app.include_router(referrals_router)
     app.include_router(referrals_staff_router)
-    app.include_router(referrals_redirect_router)
+    for router in (withdrawals_router, withdrawals_staff_router, payout_webhooks_router):
+        app.include_router(router)
     if rt.settings.bench_routes_enabled:
         from referloop.core.bench_routes import router as bench_router
 
