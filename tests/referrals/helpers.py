@@ -30,7 +30,8 @@ class Admin:
 
     @property
     def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.access_token}"}
+        """With a fresh Idempotency-Key each time (staff creates require one; other routes ignore it)."""
+        return {"Authorization": f"Bearer {self.access_token}", "Idempotency-Key": str(uuid.uuid4())}
 
 
 async def make_admin(client: httpx.AsyncClient, rt: Runtime) -> Admin:

@@ -268,3 +268,26 @@ async def test_email_verification_requirement_filters_campaigns(
         assert await choose_campaign(session, pid, facts(phone_verified=False), datetime.now(UTC)) is None
         chosen = await choose_campaign(session, pid, facts(phone_verified=True), datetime.now(UTC))
         assert chosen is not None and str(chosen.id) == only["id"]
+
+
+async def test_a_retried_create_answers_the_first_campaign(
+    client: httpx.AsyncClient, admin: Admin, program: dict, runtime: Runtime
+):
+    body = {
+        "name": f"Retry {uuid.uuid4().hex[:8]}",
+        "program_ids": [program["id"]],
+        "starts_at": datetime.now(UTC).isoformat(),
+        "currency": "INR",
+    }
+    headers = {**admin.auth, "Idempotency-Key": str(uuid.uuid4())}
+    first = await client.post("/v1/staff/campaigns", json=body, headers=headers)
+    again = await client.post("/v1/staff/campaigns", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"] and again.headers.get("idempotent-replayed") == "true"
+    assert len(await sql(runtime, "SELECT id FROM campaigns WHERE name = :n", n=body["name"])) == 1
+    other = await client.post("/v1/staff/campaigns", json={**body, "priority": 3}, headers=headers)
+    assert other.status_code == 422
+    missing = await client.post(
+        "/v1/staff/campaigns", json=body, headers={"Authorization": headers["Authorization"]}
+    )
+    assert missing.status_code == 422

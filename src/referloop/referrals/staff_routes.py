@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Depends, Path, Query, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
+from referloop.core.db import AsyncWriteSession
 from referloop.core.deps import ContextDep, ReadSession, RuntimeDep, WriteSession
 from referloop.core.errors import problem_responses
+from referloop.core.idempotency import (
+    idempotency_key_header,
+    member_scope,
+    request_fingerprint,
+    run_idempotent,
+)
 from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from referloop.identity.deps import AdminStaff
+from referloop.identity.service.sessions import Principal
 from referloop.referrals.models import Campaign, CampaignState, Program, University
 from referloop.referrals.routes import program_out, vanity_out
 from referloop.referrals.schemas import (
@@ -32,6 +43,29 @@ from referloop.referrals.service import campaigns, catalogue, codes
 router = APIRouter(prefix="/v1/staff", tags=["staff: referrals"], responses=problem_responses(401, 403))
 
 Cursor = Annotated[str | None, Query(max_length=300)]
+IdempotencyKey = Annotated[str, Depends(idempotency_key_header)]
+
+
+async def _idempotent(
+    session: AsyncWriteSession,
+    request: Request,
+    actor: Principal,
+    name: str,
+    key: str,
+    body: BaseModel,
+    handler: Callable[[], Awaitable[tuple[int, BaseModel]]],
+) -> JSONResponse:
+    """A retried create (same Idempotency-Key and body) answers the first result instead of a 409 or
+    a second campaign."""
+    return await run_idempotent(
+        session,
+        scope=member_scope(name, actor.user_id),
+        key=key,
+        fingerprint=request_fingerprint(request, body),
+        handler=handler,
+    )
+
+
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 
@@ -99,10 +133,21 @@ async def list_universities(
     responses=problem_responses(409, 422),
 )
 async def create_university(
-    body: UniversityCreate, actor: AdminStaff, session: WriteSession, ctx: ContextDep
-) -> UniversityOut:
-    """Add a partner university. The slug is unique among live universities (a retry answers 409)."""
-    return university_out(await catalogue.create_university(session, actor, body, ctx))
+    body: UniversityCreate,
+    request: Request,
+    actor: AdminStaff,
+    session: WriteSession,
+    ctx: ContextDep,
+    idempotency_key: IdempotencyKey,
+) -> JSONResponse:
+    """Add a partner university. The slug is unique among live universities."""
+
+    async def handler() -> tuple[int, UniversityOut]:
+        return 201, university_out(await catalogue.create_university(session, actor, body, ctx))
+
+    return await _idempotent(
+        session, request, actor, "referrals.universities", idempotency_key, body, handler
+    )
 
 
 @router.patch(
@@ -139,9 +184,17 @@ async def retire_university(
     responses=problem_responses(404, 409, 422),
 )
 async def create_program(
-    body: ProgramCreate, actor: AdminStaff, session: WriteSession, ctx: ContextDep
-) -> StaffProgramOut:
-    return staff_program_out(*await catalogue.create_program(session, actor, body, ctx))
+    body: ProgramCreate,
+    request: Request,
+    actor: AdminStaff,
+    session: WriteSession,
+    ctx: ContextDep,
+    idempotency_key: IdempotencyKey,
+) -> JSONResponse:
+    async def handler() -> tuple[int, StaffProgramOut]:
+        return 201, staff_program_out(*await catalogue.create_program(session, actor, body, ctx))
+
+    return await _idempotent(session, request, actor, "referrals.programs", idempotency_key, body, handler)
 
 
 @router.get("/programs/{program_id}", response_model=StaffProgramOut, responses=problem_responses(404))
@@ -196,11 +249,21 @@ async def list_campaigns(
     responses=problem_responses(404, 422),
 )
 async def create_campaign(
-    body: CampaignCreate, actor: AdminStaff, session: WriteSession, rt: RuntimeDep, ctx: ContextDep
-) -> CampaignOut:
+    body: CampaignCreate,
+    request: Request,
+    actor: AdminStaff,
+    session: WriteSession,
+    rt: RuntimeDep,
+    ctx: ContextDep,
+    idempotency_key: IdempotencyKey,
+) -> JSONResponse:
     """A new campaign starts as a draft. When several active campaigns apply to a referral, the one
     with the highest priority wins, then the latest start, then the newest."""
-    return campaign_out(*await campaigns.create_campaign(session, rt, actor, body, ctx))
+
+    async def handler() -> tuple[int, CampaignOut]:
+        return 201, campaign_out(*await campaigns.create_campaign(session, rt, actor, body, ctx))
+
+    return await _idempotent(session, request, actor, "referrals.campaigns", idempotency_key, body, handler)
 
 
 @router.get("/campaigns/{campaign_id}", response_model=CampaignOut, responses=problem_responses(404))
