@@ -175,3 +175,19 @@ async def db_rows(rt: Runtime, sql: str, **params: Any) -> list[dict[str, Any]]:
 async def db_value(rt: Runtime, sql: str, **params: Any) -> Any:
     rows = await db_rows(rt, sql, **params)
     return next(iter(rows[0].values())) if rows else None
+
+
+async def credit_member(rt: Runtime, member_id: str | uuid.UUID, amount: int, currency: str = "INR") -> None:
+    """Put `amount` into a member's available balance through the ledger's API (an adjustment)."""
+    from referloop import ledger
+
+    async with rt.db.sessionmaker() as session, session.begin():
+        await ledger.move(
+            session,
+            entry_type="test.credit",
+            source=ledger.platform_account(ledger.AccountCode.adjustments, "tests"),
+            destination=ledger.member_account(uuid.UUID(str(member_id))),
+            amount=amount,
+            currency=currency,
+            idempotency_key=f"test-credit:{uuid.uuid4()}",
+        )

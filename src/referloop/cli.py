@@ -28,6 +28,10 @@ from referloop.ledger.cli import ledger_app  # noqa: E402
 
 app.add_typer(ledger_app, name="ledger")
 
+from referloop.payouts.withdrawals.cli import payouts_app  # noqa: E402
+
+app.add_typer(payouts_app, name="payouts")
+
 from referloop.core.outbox.cli import outbox_app  # noqa: E402
 from referloop.worker import worker_command  # noqa: E402
 

@@ -6,7 +6,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,22 @@ class PayoutProviderName(StrEnum):
     manual = "manual"
     razorpayx = "razorpayx"
     stripe = "stripe"
+
+
+class WithdrawalPolicy(BaseModel):
+    """Limits and fees of withdrawals, in minor units of the withdrawal's currency (one policy per
+    currency: amounts are never converted). Env: JSON, e.g. REFERLOOP_WITHDRAWAL_POLICY='{"min_amount": 500}'."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_amount: int = Field(default=100, ge=1)
+    max_amount: int = Field(default=10_000_000, ge=1)
+    daily_max_amount: int = Field(default=20_000_000, ge=1)  # per member, UTC calendar day
+    monthly_max_amount: int = Field(default=50_000_000, ge=1)  # per member, UTC calendar month
+    kyc_required_above: int = Field(default=1_000_000, ge=0)  # larger withdrawals need verified KYC
+    auto_approve_below: int = Field(default=500_000, ge=0)  # smaller ones skip finance review; 0: never
+    fee_fixed: int = Field(default=0, ge=0)  # deducted from what the member receives
+    fee_bps: int = Field(default=0, ge=0, le=10_000)  # basis points of the amount, rounded down
 
 
 class Settings(BaseSettings):
@@ -141,6 +157,12 @@ class Settings(BaseSettings):
     # False: only the transfer; the connected account's own payout schedule moves it to the bank.
     stripe_connect_payouts: bool = True
     stripe_payout_method: str = Field(default="standard", pattern="^(standard|instant)$")
+
+    # Withdrawals: the default policy, and per-currency ones (`{"USD": {...}}`) that replace it.
+    withdrawal_policy: WithdrawalPolicy = Field(default_factory=WithdrawalPolicy)
+    withdrawal_policy_by_currency: dict[str, WithdrawalPolicy] = Field(default_factory=dict)
+    # `referloop payouts sync` asks the provider about withdrawals processing for longer than this.
+    payout_sync_after_seconds: int = Field(default=900, ge=0)
 
     # Fault injection for crash tests: a named point where the process exits at once.
     fault_inject: str = ""

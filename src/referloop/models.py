@@ -8,6 +8,7 @@ from referloop.disputes.models import Dispute, DisputeMessage
 from referloop.identity.models import AuthSession, OneTimeCode, RefreshToken, User
 from referloop.ledger.models import JournalEntry, LedgerAccount, PendingTransfer, Posting
 from referloop.payouts.methods.models import PayoutMethod
+from referloop.payouts.withdrawals.models import WebhookInbox, Withdrawal
 from referloop.referrals.models import (
     Attribution,
     Campaign,
@@ -45,4 +46,6 @@ __all__ = [
     "University",
     "User",
     "VanityCode",
+    "WebhookInbox",
+    "Withdrawal",
 ]

@@ -14,7 +14,10 @@ from referloop.core.outbox.consumers import ConsumerRegistry, registry
 from referloop.core.outbox.runner import run_worker
 from referloop.runtime import Runtime
 
-TASK_MODULES = ("referloop.notifications.tasks",)
+TASK_MODULES = (
+    "referloop.notifications.tasks",
+    "referloop.payouts.withdrawals.tasks",
+)
 
 
 def load_task_modules() -> ConsumerRegistry:

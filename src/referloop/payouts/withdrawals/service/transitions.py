@@ -1,0 +1,122 @@
+"""The one way a withdrawal changes state: checked against models.ALLOWED, audited and announced
+(outbox event `payouts.withdrawal_<state>`) in the caller's transaction.
+
+Callers lock the withdrawal row first (`lock`), check the move (`ensure_allowed`) before they touch
+the ledger, and call `transition` last, so the audit log's chain lock is held only until commit."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from referloop.compliance import audit
+from referloop.core.context import RequestContext
+from referloop.core.db import utcnow
+from referloop.core.outbox import enqueue
+from referloop.payouts.withdrawals.errors import IllegalTransition, WithdrawalNotFound
+from referloop.payouts.withdrawals.models import ALLOWED, Withdrawal, WithdrawalState
+
+TOPIC_PREFIX = "payouts.withdrawal_"
+
+
+def topic(state: WithdrawalState) -> str:
+    return f"{TOPIC_PREFIX}{state.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who moves a withdrawal: the member, a staff member, or the system (worker, webhook, sync)."""
+
+    id: uuid.UUID | None
+    type: str  # member | staff | system
+    ctx: RequestContext | None = None
+
+
+SYSTEM = Actor(None, "system")
+
+
+async def lock(
+    session: AsyncSession, withdrawal_id: uuid.UUID, *, member_id: uuid.UUID | None = None
+) -> Withdrawal:
+    """The withdrawal, locked for the rest of the transaction. With `member_id`, only theirs: another
+    member's withdrawal is reported as missing, never as forbidden."""
+    stmt = select(Withdrawal).where(Withdrawal.id == withdrawal_id)
+    if member_id is not None:
+        stmt = stmt.where(Withdrawal.member_id == member_id)
+    withdrawal = await session.scalar(stmt.with_for_update().execution_options(populate_existing=True))
+    if withdrawal is None:
+        raise WithdrawalNotFound()
+    return withdrawal
+
+
+def ensure_allowed(withdrawal: Withdrawal, to: WithdrawalState) -> None:
+    current = WithdrawalState(withdrawal.state)
+    if to not in ALLOWED[current]:
+        raise IllegalTransition(current.value, to.value, (s.value for s in ALLOWED[current]))
+
+
+def event_payload(withdrawal: Withdrawal) -> dict[str, Any]:
+    return {
+        "withdrawal_id": str(withdrawal.id),
+        "member_id": str(withdrawal.member_id),
+        "state": withdrawal.state,
+        "attempt": withdrawal.attempt,
+        "amount": withdrawal.amount,
+        "currency": withdrawal.currency,
+        "provider": withdrawal.provider,
+    }
+
+
+async def transition(
+    session: AsyncSession,
+    withdrawal: Withdrawal,
+    to: WithdrawalState,
+    actor: Actor,
+    *,
+    details: dict[str, Any] | None = None,
+) -> None:
+    ensure_allowed(withdrawal, to)
+    before = withdrawal.state
+    withdrawal.state = to.value
+    stamp = f"{to.value}_at"
+    if hasattr(withdrawal, stamp):
+        setattr(withdrawal, stamp, utcnow())
+    await session.flush()
+    await enqueue(session, topic(to), event_payload(withdrawal))
+    await audit.record(
+        session,
+        action=f"withdrawal.{to.value}",
+        actor_id=actor.id,
+        actor_type=actor.type,
+        target_type="withdrawal",
+        target_id=withdrawal.id,
+        before={"state": before},
+        after={"state": to.value, "attempt": withdrawal.attempt, **(details or {})},
+        ctx=actor.ctx,
+    )
+
+
+async def record_created(session: AsyncSession, withdrawal: Withdrawal, actor: Actor) -> None:
+    """The first state has no transition into it: announce and audit the request itself."""
+    await enqueue(session, topic(WithdrawalState.requested), event_payload(withdrawal))
+    await audit.record(
+        session,
+        action="withdrawal.requested",
+        actor_id=actor.id,
+        actor_type=actor.type,
+        target_type="withdrawal",
+        target_id=withdrawal.id,
+        after={
+            "state": withdrawal.state,
+            "amount": withdrawal.amount,
+            "fee": withdrawal.fee,
+            "currency": withdrawal.currency,
+            "payout_method_id": str(withdrawal.payout_method_id),
+            "provider": withdrawal.provider,
+        },
+        ctx=actor.ctx,
+    )
