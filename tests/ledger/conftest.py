@@ -15,8 +15,8 @@ from referloop.identity.models import User
 from referloop.ledger import AccountCode, AccountRef, platform_account
 from referloop.runtime import Runtime
 
-# Enough connections for 50 transactions at once, each on its own connection.
-WIDE_POOL = 55
+# 50 transactions at once, each on its own connection.
+WIDE_POOL = 50
 
 
 async def make_members(rt: Runtime, n: int = 1) -> list[uuid.UUID]:
@@ -63,8 +63,9 @@ async def fund(
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def wide_db(runtime: Runtime) -> AsyncIterator[Database]:
+    """A pool of its own, closed after the test: 50 connections are not kept from other tests."""
     db = Database(to_asyncpg_url(runtime.settings.database_url), pool_size=WIDE_POOL, max_overflow=0)
     yield db
     await db.dispose()
