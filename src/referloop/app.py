@@ -22,9 +22,6 @@ from referloop.payouts.methods.routes import router as payout_methods_router
 from referloop.payouts.withdrawals.routes import router as withdrawals_router
 from referloop.payouts.withdrawals.staff_routes import router as withdrawals_staff_router
 from referloop.payouts.withdrawals.webhooks import router as payout_webhooks_router
-from referloop.payouts.withdrawals.routes import router as withdrawals_router
-from referloop.payouts.withdrawals.staff_routes import router as withdrawals_staff_router
-from referloop.payouts.withdrawals.webhooks import router as payout_webhooks_router
 from referloop.wallet.routes import router as wallet_router
 from referloop.referrals.routes import redirect_router as referrals_redirect_router
 from referloop.referrals.routes import router as referrals_router
@@ -72,8 +69,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.include_router(router)
     app.include_router(referrals_router)
     app.include_router(referrals_staff_router)
-    for router in (withdrawals_router, withdrawals_staff_router, payout_webhooks_router):
-        app.include_router(router)
     for router in (withdrawals_router, withdrawals_staff_router, payout_webhooks_router):
         app.include_router(router)
     if rt.settings.bench_routes_enabled:
