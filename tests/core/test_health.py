@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.routing import APIRoute, iter_route_contexts
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from sqlalchemy import delete
@@ -159,6 +160,13 @@ class TestMetrics:
         await client.get(f"/wp-admin/{uuid.uuid4()}")
         text = (await client.get("/metrics")).text
         assert value(text, "referloop_http_requests_total", method="GET", route="unmatched", status="404")
+
+    async def test_route_labels_are_the_full_templates(self, app: FastAPI) -> None:
+        # The middleware labels a request with its route's own path; that is the full template only
+        # while routers carry their prefix themselves (APIRouter(prefix=...), not include_router(prefix=...)).
+        for ctx in iter_route_contexts(app.router.routes):
+            if isinstance(ctx.original_route, APIRoute):
+                assert ctx.original_route.path == ctx.path, ctx.path
 
     async def test_outbox_backlog_and_age(self, client: httpx.AsyncClient, runtime: Runtime) -> None:
         hour_ago = datetime.now(UTC) - timedelta(hours=1)
