@@ -66,16 +66,22 @@ async def list_programs(
     country: Annotated[CountryCode | None, Query(description="ISO 3166-1 alpha-2, e.g. IN")] = None,
     level: ProgramLevel | None = None,
     intake: Annotated[
-        str | None, Query(max_length=10, description="A month (2027-09) or a date (2027-09-01)")
+        str | None,
+        Query(max_length=10, pattern=r"^[0-9-]+$", description="A month (2027-09) or a date (2027-09-01)"),
     ] = None,
-    university: Annotated[str | None, Query(max_length=100, description="University id or slug")] = None,
+    university: Annotated[
+        str | None, Query(max_length=100, pattern=r"^[A-Za-z0-9-]+$", description="University id or slug")
+    ] = None,
     q: Annotated[
         str | None,
         Query(
-            min_length=2, max_length=100, description="Search program and university names; tolerates typos"
+            min_length=2,
+            max_length=100,
+            pattern=r"^[^\x00]*$",
+            description="Search program and university names; tolerates typos",
         ),
     ] = None,
-    cursor: Annotated[str | None, Query(max_length=300)] = None,
+    cursor: Annotated[str | None, Query(max_length=300, pattern=r"^[A-Za-z0-9_-]+$")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[ProgramOut]:
     """Programs open for referral, newest first, or best match first with `q`."""
@@ -97,7 +103,7 @@ async def list_links(
     session: WriteSession,
     rt: RuntimeDep,
     device_id: DeviceId = None,
-    cursor: Annotated[str | None, Query(max_length=300)] = None,
+    cursor: Annotated[str | None, Query(max_length=300, pattern=r"^[A-Za-z0-9_-]+$")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> LinkPage:
     """Your share link for each program: `{base}/r/{code}-{program}`. A visitor who follows it is sent

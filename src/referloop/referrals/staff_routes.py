@@ -42,7 +42,7 @@ from referloop.referrals.service import campaigns, catalogue, codes
 
 router = APIRouter(prefix="/v1/staff", tags=["staff: referrals"], responses=problem_responses(401, 403))
 
-Cursor = Annotated[str | None, Query(max_length=300)]
+Cursor = Annotated[str | None, Query(max_length=300, pattern=r"^[A-Za-z0-9_-]+$")]
 IdempotencyKey = Annotated[str, Depends(idempotency_key_header)]
 
 
@@ -312,7 +312,7 @@ async def change_campaign_state(
     "/vanity-codes/{code}/revoke", response_model=VanityCodeOut, responses=problem_responses(404, 422)
 )
 async def revoke_vanity_code(
-    code: Annotated[str, Path(max_length=40)],
+    code: Annotated[str, Path(max_length=40, pattern=r"^[A-Za-z0-9]+$")],
     body: VanityRevoke,
     actor: AdminStaff,
     session: WriteSession,
