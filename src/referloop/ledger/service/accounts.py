@@ -1,4 +1,4 @@
-"""Account references, derived ids, hot-account shards, and locking balance rows in id order."""
+"""Account references, derived ids, hot-account shards, and creating accounts on first use."""
 
 from __future__ import annotations
 

@@ -1,14 +1,16 @@
-"""Journal entries: validate, then apply postings and balances in one guarded statement.
+"""Journal entries: validate, then lock, guard and apply in one statement.
 
-`post_entry` is the one way money moves. Its steps, all inside the caller's transaction:
-1. validate: known currencies, integer amounts, per-currency sum zero, a member's pending and held
-   buckets reachable only through pending transfers (so they always equal the open transfers);
-2. lock the balance rows in primary-key order (creating missing accounts);
-3. one statement inserts the entry (ON CONFLICT on the idempotency key does nothing), updates the
-   balances and inserts the postings, but only if no member balance would go below zero. The guard
-   is part of that statement, never a Python read followed by a write, and since the rows are
-   locked it judges the latest balances. Either everything in it happens or nothing does, so a
-   refused entry leaves the transaction clean.
+`post_entry` is the one way money moves. Inside the caller's transaction:
+1. validate in Python: known currencies, integer amounts, per-currency sum zero, a member's pending
+   and held buckets reachable only through pending transfers (so they always equal the open
+   transfers), and the body hash that tells a replay from a conflicting reuse of the key;
+2. one statement (`_APPLY`) locks the balance rows in primary-key order, checks that no member
+   balance would go below zero, inserts the entry (ON CONFLICT on the idempotency key does
+   nothing), updates the balances and inserts the postings. Either all of it happens or none of
+   it, so a refused entry leaves the transaction clean. The guard is SQL over the locked rows,
+   never a Python read followed by a write;
+3. only the first use of an account takes a second trip: the accounts are created in a savepoint
+   and the statement runs again.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.core.ids import uuid7
@@ -161,24 +162,27 @@ def _validate(
 #   over the same accounts queue instead of deadlocking; and under READ COMMITTED a row locked
 #   after a wait is returned as its latest committed version, so the guard judges current balances.
 # - `guard` reads every locked row (an aggregate, so all locks are taken before anything moves):
-#   `complete` is false when an account does not exist yet, `ok` when a member balance would go
-#   below zero. The guard is SQL over the locked rows, never a Python read followed by a write.
+#   `complete` is false when an account does not exist yet, `ok` is false when a member balance
+#   would go below zero. The guard is SQL over the locked rows, never a Python read followed by a write.
 # - every data-modifying CTE depends on `entry`, which is inserted only when the guard holds and
 #   the idempotency key is new: so all of it happens, or none of it, and a refusal leaves the
 #   caller's transaction clean. The UPDATE re-reads each (already locked) row at its latest version.
-_APPLY = text(
-    """
+# Callers run it at READ COMMITTED (PostgreSQL's default); under REPEATABLE READ a concurrent entry
+# on the same account surfaces as a serialization failure to retry instead.
+# It runs on the driver's own connection, inside the session's transaction: this statement is the
+# ledger's hot path, and SQLAlchemy's parameter and result processing would double its client cost.
+_APPLY = """
 WITH d AS (
-    SELECT * FROM unnest(CAST(:d_ids AS uuid[]), CAST(:d_pending AS bigint[]),
-                         CAST(:d_available AS bigint[]), CAST(:d_held AS bigint[]))
+    SELECT * FROM unnest(CAST($1 AS uuid[]), CAST($2 AS bigint[]),
+                         CAST($3 AS bigint[]), CAST($4 AS bigint[]))
         AS d(account_id, dp, da, dh)
 ), locked AS (
     SELECT a.id, a.member_id, a.pending, a.available, a.held
-    FROM ledger_accounts a WHERE a.id = ANY(CAST(:d_ids AS uuid[]))
+    FROM ledger_accounts a WHERE a.id = ANY(CAST($1 AS uuid[]))
     ORDER BY a.id
     FOR UPDATE
 ), guard AS (
-    SELECT count(*) = cardinality(CAST(:d_ids AS uuid[])) AS complete,
+    SELECT count(*) = cardinality(CAST($1 AS uuid[])) AS complete,
            coalesce(bool_and(l.member_id IS NULL
                              OR (l.pending + d.dp >= 0 AND l.available + d.da >= 0 AND l.held + d.dh >= 0)),
                     true) AS ok
@@ -186,7 +190,7 @@ WITH d AS (
 ), entry AS (
     INSERT INTO ledger_entries (id, type, reference_type, reference_id, idempotency_key, body_hash,
                                 metadata, reverses_entry_id, created_at)
-    SELECT :id, :type, :reference_type, :reference_id, :key, :body_hash, :metadata, :reverses,
+    SELECT CAST($5 AS uuid), CAST($6 AS text), CAST($7 AS text), CAST($8 AS text), CAST($9 AS text), CAST($10 AS bytea), CAST(CAST($11 AS text) AS jsonb), CAST($12 AS uuid),
            statement_timestamp()
     FROM guard WHERE guard.ok AND guard.complete
     ON CONFLICT (idempotency_key) DO NOTHING
@@ -200,9 +204,9 @@ WITH d AS (
 ), lines AS (
     INSERT INTO ledger_postings (entry_id, line, account_id, member_id, bucket, currency, amount)
     SELECT entry.id, p.line, p.account_id, p.member_id, p.bucket, p.currency, p.amount
-    FROM entry, unnest(CAST(:p_lines AS smallint[]), CAST(:p_accounts AS uuid[]),
-                       CAST(:p_members AS uuid[]), CAST(:p_buckets AS text[]),
-                       CAST(:p_currencies AS text[]), CAST(:p_amounts AS bigint[]))
+    FROM entry, unnest(CAST($13 AS smallint[]), CAST($14 AS uuid[]),
+                       CAST($15 AS uuid[]), CAST($16 AS text[]),
+                       CAST($17 AS text[]), CAST($18 AS bigint[]))
         AS p(line, account_id, member_id, bucket, currency, amount)
     RETURNING 1
 )
@@ -211,7 +215,16 @@ SELECT guard.complete, guard.ok, (SELECT id FROM entry) AS entry_id,
        (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM lines) AS lines
 FROM guard
 """
-).bindparams(bindparam("metadata", type_=JSONB))
+
+
+@dataclass(frozen=True, slots=True)
+class _ApplyResult:
+    complete: bool
+    ok: bool
+    entry_id: uuid.UUID | None
+    created_at: datetime | None
+    moved: int
+    lines: int
 
 
 class _MissingAccounts(Exception):
@@ -331,36 +344,37 @@ async def _run(
 ) -> tuple[PostedEntry, dict[tuple[AccountRef, str], uuid.UUID]]:
     """The guarded statement, and what its outcome means. The accounts are locked already."""
     d_ids = sorted(deltas)
-    result = (
-        await session.execute(
-            _APPLY,
-            {
-                "d_ids": d_ids,
-                "d_pending": [deltas[i][Bucket.pending] for i in d_ids],
-                "d_available": [deltas[i][Bucket.available] for i in d_ids],
-                "d_held": [deltas[i][Bucket.held] for i in d_ids],
-                "id": entry_id or uuid7(),
-                "type": entry_type,
-                "reference_type": reference_type,
-                "reference_id": reference_id,
-                "key": idempotency_key,
-                "body_hash": body_hash,
-                "metadata": metadata,
-                "reverses": reverses,
-                "p_lines": list(range(len(lines))),
-                "p_accounts": [rows[(ln.ref, ln.currency)].id for ln in lines],
-                "p_members": [ln.ref.member_id for ln in lines],
-                "p_buckets": [ln.bucket.value for ln in lines],
-                "p_currencies": [ln.currency for ln in lines],
-                "p_amounts": [ln.amount for ln in lines],
-            },
-        )
-    ).one()
+    connection = await session.connection()
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    record = await driver.fetchrow(
+        _APPLY,
+        d_ids,
+        [deltas[i][Bucket.pending] for i in d_ids],
+        [deltas[i][Bucket.available] for i in d_ids],
+        [deltas[i][Bucket.held] for i in d_ids],
+        entry_id or uuid7(),
+        entry_type,
+        reference_type,
+        reference_id,
+        idempotency_key,
+        body_hash,
+        json.dumps(metadata, separators=(",", ":")),
+        reverses,
+        list(range(len(lines))),
+        [rows[(ln.ref, ln.currency)].id for ln in lines],
+        [ln.ref.member_id for ln in lines],
+        [ln.bucket.value for ln in lines],
+        [ln.currency for ln in lines],
+        [ln.amount for ln in lines],
+    )
+    result = _ApplyResult(**dict(record))
     if not result.complete:
         raise _MissingAccounts()
     if result.entry_id is not None:
         if result.moved != len(d_ids) or result.lines != len(lines):  # pragma: no cover - a broken invariant
             raise RuntimeError("ledger entry applied partially; the transaction must roll back")
+        assert result.created_at is not None
         used = {k: r.id for k, r in rows.items()}
         return PostedEntry(id=result.entry_id, created_at=result.created_at, replayed=False), used
 
