@@ -150,3 +150,16 @@ async def test_a_forwarded_address_that_is_not_an_ip_is_ignored():
     assert client_ip(request("2001:db8::1"), 1) == "2001:db8::1"
     assert client_ip(request("<script>" * 20), 1) == "192.0.2.7"
     assert client_ip(request("203.0.113.9"), 0) == "192.0.2.7"
+
+
+async def test_redis_bursts_beyond_the_pool_wait_instead_of_failing(redis_url):
+    import asyncio
+
+    from referloop.core.redis import create_redis
+
+    redis = create_redis(redis_url, max_connections=5)
+    try:
+        answers = await asyncio.gather(*[redis.blpop(f"empty:{i}", timeout=0.1) for i in range(25)])
+    finally:
+        await redis.aclose()
+    assert answers == [None] * 25
