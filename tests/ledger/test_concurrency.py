@@ -223,7 +223,7 @@ async def test_hot_platform_account_is_spread_over_shards(
             )
         ).all()
         total = await ledger.platform_balance(session, AccountCode.reward_expense, "INR", f"hot-{unique}")
-    # 50 entries over 16 shards: many rows share the load, each holds part of the balance.
+    # 50 entries over the shards: many rows share the load, each holds part of the balance.
     assert 4 <= len(shards) <= PLATFORM_SHARDS
     assert all(s.available < 0 for s in shards)
     assert total == sum(s.available for s in shards) == -sum(100 + i for i in range(50))

@@ -19,7 +19,7 @@ _ACCOUNT_NAMESPACE = uuid.UUID("6c1e4c62-5b0c-4d5e-9a55-6c6f6f702d4c")
 # Platform accounts that (nearly) every entry touches are split into this many rows; an entry picks
 # one at random, so concurrent entries rarely wait on the same row lock, and the account's balance
 # is the sum of its shards. Raising it later is safe (old shards keep counting); never lower it.
-PLATFORM_SHARDS = 16
+PLATFORM_SHARDS = 32
 HOT_CODES = frozenset(
     {
         AccountCode.reward_expense,
