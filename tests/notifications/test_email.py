@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import email
+import email.policy
 import json
 import signal
 import uuid
@@ -127,12 +129,10 @@ async def test_file_backend_writes_an_eml_per_event(runtime: Runtime, tmp_path: 
     event_id = await queue_email(rt, to, locale="hi")
     await drain_until_published(rt, load_task_modules(), event_id)
 
-    files = list((tmp_path / "mail").glob("*.eml"))
-    assert [f.name for f in files] == [f"{event_id}.eml"]
-    import email
-    import email.policy
-
-    message = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
+    # One file per event, named by its id (other tests' pending emails may be drained here too).
+    path = tmp_path / "mail" / f"{event_id}.eml"
+    assert not list((tmp_path / "mail").glob("*.tmp"))
+    message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
     assert isinstance(message, EmailMessage)
     assert message["To"] == to and message["Message-ID"] == f"<{event_id}@referloop.local>"
     assert message["Content-Language"] == "hi"
