@@ -1,7 +1,8 @@
-"""`referloop worker`: relays the outbox and runs every domain's event consumers.
+"""`referloop worker`: relays the outbox, runs every domain's event consumers and periodic jobs.
 
-Domains register consumers in their `tasks.py`; list each such module here (one line) so the worker,
-and `referloop outbox retry-dead`, know its handlers."""
+Domains register consumers (core/outbox/consumers.py) and periodic jobs (core/periodic.py) in their
+`tasks.py`; list each such module here (one line) so the worker, and `referloop outbox retry-dead`,
+know them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 from referloop.core.observability import configure_logging
 from referloop.core.outbox.consumers import ConsumerRegistry, registry
 from referloop.core.outbox.runner import run_worker
+from referloop.core.periodic import periodic_jobs
 from referloop.runtime import Runtime
 
 TASK_MODULES = (
@@ -33,7 +35,7 @@ async def serve_worker(rt: Runtime) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await run_worker(rt, load_task_modules(), stop)
+        await run_worker(rt, load_task_modules(), stop, list(periodic_jobs.values()))
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

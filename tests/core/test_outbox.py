@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import signal
 import time
@@ -25,7 +26,9 @@ from referloop.core.outbox.dead import retry_dead
 from referloop.core.outbox.drain import drain_once
 from referloop.core.outbox.models import DeadLetter, InboxRecord, OutboxEvent
 from referloop.core.outbox.relay import Relay
+from referloop.core.outbox.runner import run_worker
 from referloop.core.outbox.stats import OutboxStats, outbox_stats
+from referloop.core.periodic import PeriodicJob
 from referloop.runtime import Runtime
 from tests.notifications.support import BrokerNamespace, run_cli, start_worker, wait_for_output, worker_env
 
@@ -513,3 +516,39 @@ async def test_worker_stops_cleanly_on_sigterm(runtime: Runtime) -> None:
             proc.kill()
             await proc.wait()
     assert code == 0
+
+
+async def test_worker_runs_periodic_jobs_beside_the_outbox_until_stopped(
+    runtime: Runtime, unique: str
+) -> None:
+    rt = with_settings(runtime, amqp_url="", outbox_poll_interval_seconds=0.05)
+    runs: list[float] = []
+
+    async def job(_: Runtime) -> int:
+        runs.append(time.monotonic())
+        if len(runs) == 2:
+            raise RuntimeError("a bad run is logged, not fatal")
+        return 0
+
+    recorder = Recorder()
+    registry = ConsumerRegistry()
+    registry.add(f"test-periodic-{unique}", (f"test.{unique}",), recorder)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(
+        run_worker(rt, registry, stop, [PeriodicJob(name=f"test-{unique}", interval_seconds=0.1, run=job)])
+    )
+    try:
+        event_id = await enqueue_committed(rt, f"test.{unique}", {})
+        await until(lambda: is_published(rt, event_id))
+        async def ran_four_times() -> bool:
+            return len(runs) >= 4
+
+        await until(ran_four_times)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 10)
+    assert [c[0] for c in recorder.calls] == [event_id]
+    assert all(b - a >= 0.09 for a, b in itertools.pairwise(runs))
+    count = len(runs)
+    await asyncio.sleep(0.3)
+    assert len(runs) == count  # stopped means stopped

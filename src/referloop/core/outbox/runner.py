@@ -1,4 +1,5 @@
-"""The worker's main loop: relay + broker consumers when `amqp_url` is set, else the in-process drain.
+"""The worker's main loop: relay + broker consumers when `amqp_url` is set, else the in-process drain;
+beside it, the periodic jobs domains register (core/periodic.py).
 
 `stop` (set on SIGTERM) ends the loop after the batch in hand; consumers stop taking messages and the
 ones being handled finish before the connection closes (unacked ones go back to their queue)."""
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import aio_pika
@@ -18,6 +19,7 @@ from referloop.core.outbox.consumers import ConsumerRegistry
 from referloop.core.outbox.drain import drain_once
 from referloop.core.outbox.relay import Relay
 from referloop.core.outbox.service import short_error
+from referloop.core.periodic import PeriodicJob
 
 if TYPE_CHECKING:
     from referloop.runtime import Runtime
@@ -74,8 +76,30 @@ async def run_with_broker(rt: Runtime, registry: ConsumerRegistry, stop: asyncio
         await connection.close()
 
 
-async def run_worker(rt: Runtime, registry: ConsumerRegistry, stop: asyncio.Event) -> None:
-    if rt.settings.amqp_url:
-        await run_with_broker(rt, registry, stop)
-    else:
-        await run_in_process(rt, registry, stop)
+async def run_periodic(rt: Runtime, job: PeriodicJob, stop: asyncio.Event) -> None:
+    """Call `job` every `interval_seconds` until stopped; at once again after a full batch. A failing
+    run is logged and retried at the next interval, never ending the worker."""
+    while not stop.is_set():
+        try:
+            done = await job.run(rt)
+        except Exception as exc:
+            log.error("periodic job failed", job=job.name, error=short_error(exc))
+            done = 0
+        if job.full_batch is None or done < job.full_batch:
+            await _sleep_unless_stopped(stop, job.interval_seconds)
+
+
+async def run_worker(
+    rt: Runtime, registry: ConsumerRegistry, stop: asyncio.Event, jobs: Iterable[PeriodicJob] = ()
+) -> None:
+    """The outbox loop (broker or in-process) and every periodic job, until `stop` is set."""
+    outbox = (
+        run_with_broker(rt, registry, stop) if rt.settings.amqp_url else run_in_process(rt, registry, stop)
+    )
+    tasks = [asyncio.ensure_future(outbox), *(asyncio.ensure_future(run_periodic(rt, j, stop)) for j in jobs)]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:  # one loop failed for good (e.g. no broker at start): stop the others too
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
