@@ -540,6 +540,7 @@ async def test_worker_runs_periodic_jobs_beside_the_outbox_until_stopped(
     try:
         event_id = await enqueue_committed(rt, f"test.{unique}", {})
         await until(lambda: is_published(rt, event_id))
+
         async def ran_four_times() -> bool:
             return len(runs) >= 4
 
