@@ -73,7 +73,9 @@ async def usable_method(
     return method_id
 
 
-async def stripe_method(rt: Runtime, member_id: str, account_id: str) -> str:
+async def stripe_method(
+    rt: Runtime, member_id: str, account_id: str, external_account_id: str | None = None
+) -> str:
     """A Stripe Connect connected account as a payout method. The methods API has no such kind yet
     (onboarding members to Connect is not built), so the row is written as its service would."""
     method = PayoutMethod(
@@ -82,7 +84,13 @@ async def stripe_method(rt: Runtime, member_id: str, account_id: str) -> str:
         kind="stripe_account",
         label=None,
         details_encrypted=rt.cipher.encrypt(
-            orjson.dumps({"kind": "stripe_account", "account_id": account_id}).decode(),
+            orjson.dumps(
+                {
+                    "kind": "stripe_account",
+                    "account_id": account_id,
+                    "external_account_id": external_account_id,
+                }
+            ).decode(),
             context=_DETAILS_CONTEXT,
         ),
         key_id=rt.cipher.primary_kid,
