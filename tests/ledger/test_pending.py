@@ -228,3 +228,12 @@ class TestExpiry:
         async with runtime.db.sessionmaker() as session:
             assert {(await ledger.get_pending(session, i)).status for i in ids} == {PendingStatus.expired}
         assert await _balance(runtime, member) == (0, 0, 0)
+
+
+def test_expiry_is_registered_as_a_periodic_job() -> None:
+    from referloop.core.periodic import periodic_jobs
+    from referloop.ledger import tasks
+
+    job = periodic_jobs["ledger.expire_pending"]
+    assert job.run is tasks.expire_pending_batch
+    assert job.full_batch == tasks.EXPIRY_BATCH

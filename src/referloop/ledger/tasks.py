@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
-import structlog
-
+from referloop.core.periodic import periodic
 from referloop.ledger.service.pending import expire_due
 from referloop.runtime import Runtime
-
-log = structlog.get_logger(__name__)
 
 EXPIRY_BATCH = 100
 
 
+@periodic("ledger.expire_pending", every=60.0, full_batch=EXPIRY_BATCH)
+async def expire_pending_batch(rt: Runtime) -> int:
+    """Void up to one batch of due pending transfers in one transaction; the worker calls again at
+    once while batches come back full. SKIP LOCKED lets every worker run it side by side."""
+    async with rt.db.sessionmaker() as session, session.begin():
+        return await expire_due(session, limit=EXPIRY_BATCH)
+
+
 async def expire_pending_transfers(rt: Runtime, *, batch: int = EXPIRY_BATCH) -> int:
-    """Void every due pending transfer, one committed batch at a time; returns how many expired."""
+    """Void every due pending transfer, one committed batch at a time (`referloop ledger expire`)."""
     total = 0
     while True:
         async with rt.db.sessionmaker() as session, session.begin():
@@ -24,16 +26,3 @@ async def expire_pending_transfers(rt: Runtime, *, batch: int = EXPIRY_BATCH) ->
         total += done
         if done < batch:
             return total
-
-
-async def run_expiry_loop(rt: Runtime, stop: asyncio.Event, interval_seconds: float = 60.0) -> None:
-    """Expire due transfers every `interval_seconds` until `stop` is set (for the worker)."""
-    while not stop.is_set():
-        try:
-            expired = await expire_pending_transfers(rt)
-            if expired:
-                log.info("ledger.pending_expired", count=expired)
-        except Exception:  # a failed round is retried next round; the worker keeps running
-            log.exception("ledger.expiry_failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval_seconds)
