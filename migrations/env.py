@@ -8,7 +8,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from referloop.core.db import to_asyncpg_url
-from referloop.models import Base
+from referloop.models import Base, include_in_autogenerate
 
 target_metadata = Base.metadata
 
@@ -24,8 +24,13 @@ def _url() -> str:
 
 
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True,
-                      transaction_per_migration=True)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        include_object=include_in_autogenerate,
+        transaction_per_migration=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

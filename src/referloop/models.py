@@ -1,5 +1,8 @@
 """Imports every domain's models so that Base.metadata knows all tables (Alembic, tests)."""
 
+import re
+
+from referloop.analytics.models import FunnelDaily, Milestone, Watermark
 from referloop.compliance.audit.models import AuditEntry
 from referloop.core.db import Base
 from referloop.core.idempotency import IdempotencyRecord
@@ -31,11 +34,13 @@ __all__ = [
     "DeadLetter",
     "Dispute",
     "DisputeMessage",
+    "FunnelDaily",
     "IdempotencyRecord",
     "InboxRecord",
     "JournalEntry",
     "LedgerAccount",
     "MemberDevice",
+    "Milestone",
     "OneTimeCode",
     "OutboxEvent",
     "PayoutMethod",
@@ -46,6 +51,20 @@ __all__ = [
     "University",
     "User",
     "VanityCode",
+    "Watermark",
     "WebhookInbox",
     "Withdrawal",
 ]
+
+
+_RUNTIME_PARTITION = re.compile(r"^[a-z_]+_y\d{4}m\d{2}$")
+
+
+def include_in_autogenerate(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """Alembic filter: monthly partitions (`clicks_y2026m11`...) are made at run time by their
+    domain, not by migrations, so autogenerate must not propose dropping them."""
+    return not (
+        type_ == "table" and reflected and compare_to is None and _RUNTIME_PARTITION.match(name or "")
+    )
