@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 
+from referloop.core.deps import ReadSession
 from referloop.core.errors import PROBLEM_JSON, Conflict
 from referloop.core.observability import configure_logging
 from tests.factories import register_member
@@ -40,6 +42,10 @@ async def boom_app(app_factory: Callable[..., FastAPI]) -> FastAPI:
     @app.get("/v1/test/boom")
     async def boom() -> None:
         raise RuntimeError("db password is hunter2 at /srv/secret.py")
+
+    @app.get("/v1/test/db-bug")
+    async def db_bug(session: ReadSession) -> None:
+        await session.execute(text("SELECT 1 / 0"))
 
     @app.get("/v1/test/conflict")
     async def conflict() -> None:
@@ -115,6 +121,30 @@ class TestFrameworkErrors:
         assert r.headers["www-authenticate"] == "Bearer"
 
 
+class TestUnstorableText:
+    """PostgreSQL cannot store a NUL character; sent anywhere, it is bad input, never a 500."""
+
+    @pytest.mark.parametrize(
+        ("path", "params", "location"),
+        [("/v1/me", {"q": "a\x00b"}, "query"), ("/v1/auth/sessions/a%00b", None, "path")],
+    )
+    async def test_in_the_url(
+        self, client: httpx.AsyncClient, path: str, params: dict[str, str] | None, location: str
+    ) -> None:
+        r = await client.get(path, params=params)
+        body = assert_problem(r, 422, "validation_error")
+        assert body["errors"][0]["location"] == location
+        assert body["errors"][0]["type"] == "string_nul"
+
+    async def test_in_a_json_body_nothing_is_written(self, client: httpx.AsyncClient) -> None:
+        member = await register_member(client)
+        r = await client.patch("/v1/me", headers=member.auth, json={"display_name": "Asha\u0000Rao"})
+        body = assert_problem(r, 422, "validation_error")
+        assert body["errors"][0]["type"] == "string_nul"
+        me = await client.get("/v1/me", headers=member.auth)
+        assert me.json()["display_name"] == "Test Member"
+
+
 class TestDomainErrors:
     async def test_app_error_renders_its_code_and_extension_members(
         self, boom_client: httpx.AsyncClient
@@ -146,6 +176,13 @@ class TestInternalError:
         assert len(errors) == 1
         assert errors[0]["request_id"] == "req-500-check"
         assert "RuntimeError: db password is hunter2" in errors[0]["exception"]
+
+    async def test_a_database_error_that_is_not_bad_text_stays_a_500(
+        self, boom_client: httpx.AsyncClient
+    ) -> None:
+        r = await boom_client.get("/v1/test/db-bug")
+        assert_problem(r, 500, "internal_error")
+        assert "division" not in r.text
 
     async def test_a_bug_is_counted_as_a_500_of_its_route(
         self, boom_app: FastAPI, boom_client: httpx.AsyncClient

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -158,6 +159,11 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+# character_not_in_repertoire (a NUL in text), untranslatable_character
+_UNSTORABLE_TEXT_SQLSTATES = {"22021", "22P05"}
+UNSTORABLE_TEXT_DETAIL = "The request contains a character that is not allowed (NUL)."
+
+
 def _allowed_methods(request: Request) -> list[str]:
     """Starlette's 405 names only the methods of the first route whose path matched; a path served
     by several routes (GET and PATCH /v1/me) must list all of them (RFC 9110 §15.5.6)."""
@@ -204,6 +210,23 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
         return problem(exc.status_code, code, title, detail, request, headers)
+
+    @app.exception_handler(DBAPIError)
+    async def _unstorable_text(request: Request, exc: DBAPIError) -> JSONResponse:
+        # PostgreSQL cannot store some text (a NUL character) that every JSON and URL parser accepts.
+        # Whatever field it came in, it is bad input, not a failure of ours; the write was rolled back.
+        if getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT_SQLSTATES:
+            return problem(
+                422,
+                "validation_error",
+                "Invalid input",
+                UNSTORABLE_TEXT_DETAIL,
+                request,
+                errors=[
+                    {"field": "", "location": "", "message": UNSTORABLE_TEXT_DETAIL, "type": "string_nul"}
+                ],
+            )
+        raise exc
 
     # The edge middleware answers unhandled errors itself (so that the answer carries the request id
     # and the security headers); this handler is the last resort for an app built without it.

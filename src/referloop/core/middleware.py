@@ -18,7 +18,7 @@ from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from referloop.core.context import request_id_var
-from referloop.core.errors import INTERNAL_ERROR_DETAIL, PROBLEM_JSON, problem_body
+from referloop.core.errors import INTERNAL_ERROR_DETAIL, PROBLEM_JSON, UNSTORABLE_TEXT_DETAIL, problem_body
 from referloop.core.observability import Metrics
 
 log = structlog.get_logger("referloop.access")
@@ -87,7 +87,28 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            nul_in = _nul_location(scope)
+            if nul_in:
+                # Refused here rather than where PostgreSQL would refuse it: by then a streamed
+                # answer may have started. (A NUL in a JSON body is caught where PostgreSQL refuses it.)
+                error = {
+                    "field": "",
+                    "location": nul_in,
+                    "message": UNSTORABLE_TEXT_DETAIL,
+                    "type": "string_nul",
+                }
+                await _send_problem(
+                    scope,
+                    request_id,
+                    send_wrapper,
+                    422,
+                    "validation_error",
+                    "Invalid input",
+                    UNSTORABLE_TEXT_DETAIL,
+                    {"errors": [error]},
+                )
+            else:
+                await self.app(scope, receive, send_wrapper)
         except Exception as exc:
             # The catch-all: log the cause with the request id, answer a problem that names only the
             # request id. Once an answer has started nothing can be sent, so the server sees the error.
@@ -97,7 +118,15 @@ class EdgeMiddleware:
             span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
             if response_started:
                 raise
-            await _send_internal_error(scope, request_id, send_wrapper)
+            await _send_problem(
+                scope,
+                request_id,
+                send_wrapper,
+                500,
+                "internal_error",
+                "Internal server error",
+                INTERNAL_ERROR_DETAIL,
+            )
         finally:
             elapsed = time.perf_counter() - started
             route: Any = scope.get("route")
@@ -117,21 +146,35 @@ class EdgeMiddleware:
             request_id_var.reset(token)
 
 
-async def _send_internal_error(scope: Scope, request_id: str, send: Send) -> None:
+def _nul_location(scope: Scope) -> str | None:
+    """Where a NUL character came in, if one did: PostgreSQL cannot store it in text."""
+    if "\x00" in scope["path"]:
+        return "path"
+    query: bytes = scope.get("query_string", b"")
+    if b"%00" in query or b"\x00" in query:
+        return "query"
+    return None
+
+
+async def _send_problem(
+    scope: Scope,
+    request_id: str,
+    send: Send,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    extra: dict[str, Any] | None = None,
+) -> None:
     body = orjson.dumps(
         problem_body(
-            500,
-            "internal_error",
-            "Internal server error",
-            INTERNAL_ERROR_DETAIL,
-            instance=scope["path"],
-            request_id=request_id,
+            status, code, title, detail, instance=scope["path"], request_id=request_id, **(extra or {})
         )
     )
     await send(
         {
             "type": "http.response.start",
-            "status": 500,
+            "status": status,
             "headers": [
                 (b"content-type", PROBLEM_JSON.encode()),
                 (b"content-length", str(len(body)).encode()),

@@ -143,8 +143,8 @@ def _trace_engine(engine: AsyncEngine, provider: Any) -> None:
     sync_engine = engine.sync_engine
     if sync_engine in _traced_engines:
         return
-    from opentelemetry.instrumentation.sqlalchemy.version import __version__ as sqla_instr_version
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+    from opentelemetry.instrumentation.sqlalchemy.version import __version__ as sqla_instr_version
     from opentelemetry.metrics import get_meter
     from opentelemetry.trace import get_tracer
 
