@@ -110,7 +110,7 @@ def run(
     os.environ["REFERLOOP_DATABASE_URL"] = settings.database_url
     os.environ["REFERLOOP_REDIS_URL"] = settings.redis_url
     run_migrations(settings.database_url)
-    worker = subprocess.Popen([sys.executable, "-m", "referloop", "worker"])  # noqa: S603
+    worker = subprocess.Popen([sys.executable, "-m", "referloop", "worker"])
     try:
         serve(workers=1, port=port, host=host)
     finally:
@@ -157,6 +157,21 @@ def seed_demo() -> None:
 
     for line in with_runtime(run_seed):
         typer.echo(line)
+
+
+@app.command("settings-doc")
+def settings_doc(
+    write: Annotated[bool, typer.Option("--write", help="Rewrite the table in README.md in place")] = False,
+) -> None:
+    """Print the settings table of the README (generated from the Settings model)."""
+    from referloop.settings_doc import replace_in, settings_table
+
+    if write:
+        readme = PROJECT_ROOT / "README.md"
+        readme.write_text(replace_in(readme.read_text()))
+        typer.echo(f"updated {readme}")
+    else:
+        typer.echo(settings_table())
 
 
 @audit_app.command("verify")
