@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from referloop.analytics.routes import router as analytics_router
 from referloop.config import Settings, get_settings
 from referloop.core.errors import install_error_handlers, install_problem_openapi, problem_responses
 from referloop.core.middleware import EdgeMiddleware
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.include_router(router)
     app.include_router(referrals_router)
     app.include_router(referrals_staff_router)
+    app.include_router(analytics_router)
     for router in (withdrawals_router, withdrawals_staff_router, payout_webhooks_router):
         app.include_router(router)
     if rt.settings.bench_routes_enabled:

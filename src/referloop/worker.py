@@ -17,6 +17,7 @@ from referloop.core.periodic import periodic_jobs
 from referloop.runtime import Runtime
 
 TASK_MODULES = (
+    "referloop.analytics.tasks",
     "referloop.notifications.tasks",
     "referloop.payouts.withdrawals.tasks",
 )
