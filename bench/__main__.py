@@ -6,6 +6,7 @@ BENCHMARKS below; it writes its section of bench/RESULTS.md and bench/results/<n
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -17,6 +18,10 @@ from bench.common import BenchOptions, log
 BENCHMARKS: dict[str, Callable[[BenchOptions], dict[str, Any]]] = {
     identity.NAME: identity.run,
 }
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    # A benchmark started in the background ignores SIGINT; let SIGTERM unwind like Ctrl-C, so the
+    # server is stopped and the benchmark database dropped.
+    signal.signal(signal.SIGTERM, _interrupt)
     options = BenchOptions.from_env(
         quick=args.quick, profile=args.profile, keep_db=args.keep_db, write=not args.no_write
     )

@@ -106,6 +106,28 @@ def drop_database(admin_url: str, name: str) -> None:
     asyncio.run(_admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+async def _sessions_started(url: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        # PostgreSQL >= 14 counts sessions per database; flushed when each backend exits.
+        value = await conn.fetchval(
+            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return int(value or 0)
+    finally:
+        await conn.close()
+
+
+def sessions_started(url: str) -> int | None:
+    """How many connections the database has had so far (None before PostgreSQL 14)."""
+    try:
+        return asyncio.run(_sessions_started(url))
+    except Exception:
+        return None
+
+
 async def postgres_version(url: str) -> str:
     import asyncpg
 
@@ -411,6 +433,7 @@ async def _constant_rate(
     latencies = array("d")
     lags = array("d")
     bad_status = 0
+    statuses: dict[str, int] = {}
     last_done = 0.0
     loop = asyncio.get_running_loop()
     # uvloop's loop.time() ticks in whole milliseconds: too coarse for latencies of a millisecond
@@ -432,6 +455,7 @@ async def _constant_rate(
                 finished = clock()
                 latencies.append(finished - intended)
                 last_done = max(last_done, finished)
+                statuses[str(status)] = statuses.get(str(status), 0) + 1
                 if status >= 400:
                     bad_status += 1
 
@@ -469,6 +493,7 @@ async def _constant_rate(
         bad_status=bad_status,
         target_rps=rate,
         sender_lag_p99_ms=_ms(lag_p99),
+        extra={"statuses": statuses},
     )
 
 
@@ -500,6 +525,7 @@ async def _closed_loop(
     clock = time.perf_counter
     latencies = array("d")
     errors = bad_status = 0
+    statuses: dict[str, int] = {}
     next_index = 0
     exhausted = False
     deadline = clock() + duration_s
@@ -522,6 +548,7 @@ async def _closed_loop(
                 try:
                     async with session.request(method, url, headers=headers, data=body) as resp:
                         await resp.read()
+                        statuses[str(resp.status)] = statuses.get(str(resp.status), 0) + 1
                         if resp.status >= 400:
                             bad_status += 1
                 except (aiohttp.ClientError, TimeoutError):
@@ -545,6 +572,7 @@ async def _closed_loop(
         errors=errors,
         bad_status=bad_status,
         exhausted=exhausted,
+        extra={"statuses": statuses},
     )
 
 
@@ -559,11 +587,19 @@ def run_saturation(
 
 
 @contextlib.contextmanager
-def measure_cpu(server: Server, into: dict[str, float]) -> Iterator[None]:
-    """Put the cores the server process used while the block ran into `into["cores"]`."""
+def measure_cpu(server: Server, into: dict[str, float], database_url: str | None = None) -> Iterator[None]:
+    """Put the cores the server process used while the block ran into `into["cores"]`, and with a
+    database URL, the connections the database saw opened meanwhile into `into["db_connections"]`
+    (a pool that keeps its connections opens none; one that churns opens many)."""
+    sessions0 = sessions_started(database_url) if database_url else None
     cpu0, t0 = server.cpu_seconds(), time.monotonic()
     yield
     into["cores"] = round((server.cpu_seconds() - cpu0) / max(time.monotonic() - t0, 1e-9), 2)
+    if sessions0 is not None and database_url:
+        time.sleep(0.6)  # backends report their session at exit; let the last ones land
+        sessions1 = sessions_started(database_url)
+        if sessions1 is not None:
+            into["db_connections"] = max(0, sessions1 - sessions0 - 1)  # minus the first probe itself
 
 
 # --------------------------------------------------------------------------------------------------
@@ -648,8 +684,12 @@ COMPONENTS: list[tuple[str, str]] = [
     ("uvicorn / httptools", r"^(uvicorn|httptools)/"),
     ("threadpool hand-offs (anyio, threading)", r"^(anyio/|threading\.py|concurrent/)"),
     ("asyncio / event loop", r"^(asyncio/|uvloop/)"),
+    ("stdlib helpers (contextlib, weakref, uuid, ...)", r"^(contextlib|weakref|uuid|re/|typing|functools)"),
     ("observability (prometheus, structlog, otel)", r"^(prometheus_client|structlog|opentelemetry)/"),
 ]
+
+
+NO_PYTHON_FRAME = "no Python frame (C code: event loop, GC, other threads)"
 
 
 def component_of(frame_name: str) -> str:
@@ -670,10 +710,8 @@ def summarize_components(text: str) -> dict[str, float]:
         if not stack or not count_text.isdigit():
             continue
         frames = [f for f in stack.split(";") if f.strip()]
-        if not frames:
-            continue
         total += int(count_text)
-        component = component_of(_frame_name(frames[-1]))
+        component = component_of(_frame_name(frames[-1])) if frames else NO_PYTHON_FRAME
         shares[component] = shares.get(component, 0) + int(count_text)
     return {k: round(100 * v / max(total, 1), 1) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}
 

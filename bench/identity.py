@@ -302,7 +302,9 @@ class Measured:
     half_load: LoadResult | None  # at half the saturation rate, when that is below FIXED_RATE
 
 
-def measure(server: Server, wrk: str | None, inputs: Inputs, plan: Plan) -> dict[str, Measured]:
+def measure(
+    server: Server, wrk: str | None, inputs: Inputs, plan: Plan, database_url: str
+) -> dict[str, Measured]:
     saturation: dict[str, LoadResult] = {}
     fixed: dict[str, LoadResult] = {}
     plans = [
@@ -321,13 +323,19 @@ def measure(server: Server, wrk: str | None, inputs: Inputs, plan: Plan) -> dict
         run_saturation(wrk, warm, connections=CONNECTIONS, duration_s=plan.warmup_s)
         log(f"{name}: {plan.saturation_s:g}s at {CONNECTIONS} connections")
         cpu: dict[str, float] = {}
-        with measure_cpu(server, cpu):
+        with measure_cpu(server, cpu, database_url):
             result = run_saturation(wrk, measured, connections=CONNECTIONS, duration_s=plan.saturation_s)
         result.server_cpu_cores = cpu["cores"]
+        if result.rps:
+            # CPU per request holds up better than rps on a machine others are using too
+            result.extra["server_cpu_us_per_request"] = round(cpu["cores"] / result.rps * 1e6)
+        if "db_connections" in cpu:
+            result.extra["db_connections_opened"] = int(cpu["db_connections"])
         saturation[name] = result
         log(
             f"{name}: {result.rps:,.0f} rps, p99 {fmt(result.p99_ms)} ms, errors {result.errors}, "
-            f"non-2xx {result.bad_status}, server CPU {cpu['cores']} cores"
+            f"non-2xx {result.bad_status}, server CPU {cpu['cores']} cores, "
+            f"DB connections opened {cpu.get('db_connections', '?')}"
         )
     half: dict[str, LoadResult | None] = {}
     for name, _, _, at_rate, at_half in plans:
@@ -442,8 +450,14 @@ def _latency_cell(run_: dict[str, Any] | None) -> str:
     if run_ is None:
         return "–"
     cell = f"{fmt(run_.get('p50_ms'), 2)} / {fmt(run_.get('p95_ms'), 2)} / {fmt(run_.get('p99_ms'), 2)}"
-    if run_.get("extra", {}).get("overloaded"):
-        cell += f" (overloaded: {fmt(run_.get('rps'), 0)} answers/s, {run_.get('errors', 0)} timed out)"
+    extra = run_.get("extra", {})
+    if extra.get("overloaded"):
+        cell += (
+            f" (overloaded: {fmt(run_.get('rps'), 0)} answers/s, {run_.get('errors', 0)} failed or timed out)"
+        )
+    odd = {k: v for k, v in extra.get("statuses", {}).items() if not k.startswith("2")}
+    if odd:
+        cell += " (answers " + ", ".join(f"{k}: {v}" for k, v in sorted(odd.items())) + ")"
     return cell
 
 
@@ -461,15 +475,18 @@ def markdown_section(doc: dict[str, Any]) -> str:
         f"({setup['fixed_rate_tool']}), measured from each request's intended send time; where that is "
         "past the route's capacity, also at half its saturation rate.",
         "",
-        f"| workload | rps at {setup['connections']} conn. | server CPU (cores) "
+        f"| workload | rps at {setup['connections']} conn. | server CPU (cores) | server CPU per request (µs) "
+        "| DB connections opened "
         f"| p50 / p95 / p99 ms at {setup['fixed_rate_rps']:,.0f} rps | p50 / p95 / p99 ms at half load |",
-        "| --- | ---: | ---: | --- | --- |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for name, run_ in doc["runs"].items():
         sat, half = run_["saturation"], run_.get("half_load")
         half_cell = "–" if half is None else f"{_latency_cell(half)} at {fmt(half.get('target_rps'), 0)} rps"
         lines.append(
             f"| {WORKLOAD_TITLES.get(name, name)} | {fmt(run_['rps'], 0)} | {fmt(sat.get('server_cpu_cores'), 2)} "
+            f"| {sat.get('extra', {}).get('server_cpu_us_per_request', '–')} "
+            f"| {sat.get('extra', {}).get('db_connections_opened', '–')} "
             f"| {_latency_cell(run_['fixed_rate'])} | {half_cell} |"
         )
     t = doc["targets"]
@@ -548,7 +565,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         with server:
             inputs = write_inputs(workdir, server.base_url, seeded, access_tokens, plan)
             smoke_check(inputs)
-            measured = measure(server, wrk, inputs, plan)
+            measured = measure(server, wrk, inputs, plan, database_url)
             doc = results_document(measured, machine, plan, wrk, now_iso())
             missed = not all(t["met"] for t in doc["targets"].values())
             if options.profile or (missed and not options.quick):
