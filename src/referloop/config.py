@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     click_flush_batch_size: int = Field(default=1000, ge=1, le=10000)
     click_claim_idle_seconds: float = Field(default=60.0, ge=0)  # a batch pending this long was orphaned
 
+    # Funnel analytics: the click job reads clicks older than the settle delay (time for the flusher,
+    # orphaned batches included), at most max_span per step; the hourly recount repairs the last days.
+    analytics_click_settle_seconds: float = Field(default=120.0, ge=0)
+    analytics_click_max_span_seconds: float = Field(default=3600.0, gt=0)
+    analytics_click_recount_days: int = Field(default=2, ge=0, le=31)
+
     # Observability
     log_level: str = "INFO"
     access_log: bool = True
