@@ -182,8 +182,8 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def unique() -> Iterator[str]:
-    yield uuid.uuid4().hex[:12]
+def unique() -> str:
+    return uuid.uuid4().hex[:12]
 
 
 @pytest.fixture

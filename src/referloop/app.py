@@ -23,11 +23,16 @@ from referloop.payouts.methods.routes import router as payout_methods_router
 from referloop.payouts.withdrawals.routes import router as withdrawals_router
 from referloop.payouts.withdrawals.staff_routes import router as withdrawals_staff_router
 from referloop.payouts.withdrawals.webhooks import router as payout_webhooks_router
-from referloop.wallet.routes import router as wallet_router
+from referloop.referrals.partner.routes import router as partner_router
+from referloop.referrals.partner.schemas import OPENAPI_MODELS as PARTNER_OPENAPI_MODELS
+from referloop.referrals.partner.staff_routes import router as partner_keys_staff_router
 from referloop.referrals.routes import redirect_router as referrals_redirect_router
 from referloop.referrals.routes import router as referrals_router
 from referloop.referrals.staff_routes import router as referrals_staff_router
 from referloop.runtime import Runtime
+from referloop.wallet.routes import router as wallet_router
+from referloop.webhooks.routes import partner_router as partner_webhooks_router
+from referloop.webhooks.routes import staff_router as webhooks_staff_router
 
 API_DESCRIPTION = """Referloop: members refer people to programs, partners report outcomes, members earn
 into a wallet and withdraw it. Errors are `application/problem+json` (RFC 9457); lists are
@@ -54,7 +59,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.state.runtime = rt
     install_error_handlers(app)
-    install_problem_openapi(app, [NotReady])
+    install_problem_openapi(app, [NotReady, *PARTNER_OPENAPI_MODELS])
     if rt.settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -71,6 +76,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(referrals_router)
     app.include_router(referrals_staff_router)
     app.include_router(analytics_router)
+    for router in (partner_router, partner_webhooks_router, partner_keys_staff_router, webhooks_staff_router):
+        app.include_router(router)
     for router in (withdrawals_router, withdrawals_staff_router, payout_webhooks_router):
         app.include_router(router)
     if rt.settings.bench_routes_enabled:

@@ -18,8 +18,10 @@ from referloop.runtime import Runtime
 
 TASK_MODULES = (
     "referloop.analytics.tasks",
+    "referloop.ledger.tasks",
     "referloop.notifications.tasks",
     "referloop.payouts.withdrawals.tasks",
+    "referloop.webhooks.tasks",
 )
 
 
