@@ -126,6 +126,21 @@ class Settings(BaseSettings):
     analytics_click_max_span_seconds: float = Field(default=3600.0, gt=0)
     analytics_click_recount_days: int = Field(default=2, ge=0, le=31)
 
+    # Partner API: per-key rate limit (a key may carry its own), bulk CSV bounds.
+    partner_rate_limit: str = "600/minute"
+    partner_csv_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
+    partner_csv_max_rows: int = Field(default=10_000, ge=1, le=100_000)
+
+    # Outbound webhooks (Standard Webhooks): retries back off exponentially for `retry_window`;
+    # an endpoint that has only failed for `disable_after` is disabled and its owner emailed.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_retry_base_seconds: float = Field(default=10.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=8 * 3600.0, gt=0)
+    webhook_retry_window_seconds: int = Field(default=3 * 86400, ge=60)
+    webhook_disable_after_seconds: int = Field(default=3 * 86400, ge=60)
+    webhook_delivery_batch_size: int = Field(default=100, ge=1, le=1000)
+    webhook_delivery_concurrency: int = Field(default=20, ge=1, le=200)
+
     # Observability
     log_level: str = "INFO"
     access_log: bool = True

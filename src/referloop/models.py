@@ -22,6 +22,8 @@ from referloop.referrals.models import (
     University,
     VanityCode,
 )
+from referloop.referrals.partner.models import PartnerApiKey
+from referloop.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookMessage
 
 __all__ = [
     "Attribution",
@@ -43,6 +45,7 @@ __all__ = [
     "Milestone",
     "OneTimeCode",
     "OutboxEvent",
+    "PartnerApiKey",
     "PayoutMethod",
     "PendingTransfer",
     "Posting",
@@ -52,7 +55,11 @@ __all__ = [
     "User",
     "VanityCode",
     "Watermark",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "WebhookInbox",
+    "WebhookMessage",
     "Withdrawal",
 ]
 

@@ -1,0 +1,1 @@
+"""Partner API services: keys (authentication, staff management) and outcome reports."""

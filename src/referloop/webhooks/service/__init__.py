@@ -1,0 +1,1 @@
+"""Outbound webhooks: endpoints (registration, secrets) and deliveries (fan-out, sender, log)."""
