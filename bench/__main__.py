@@ -12,11 +12,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import identity
+from bench import identity, referrals
 from bench.common import BenchOptions, log
 
 BENCHMARKS: dict[str, Callable[[BenchOptions], dict[str, Any]]] = {
     identity.NAME: identity.run,
+    referrals.NAME: referrals.run,
 }
 
 

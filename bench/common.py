@@ -446,7 +446,9 @@ async def _constant_rate(
             nonlocal bad_status, last_done
             method, url, headers, body = workload.request_parts(items[index % len(items)])
             try:
-                async with session.request(method, url, headers=headers, data=body) as resp:
+                async with session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False
+                ) as resp:
                     await resp.read()
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError):
@@ -546,7 +548,9 @@ async def _closed_loop(
                 next_index += 1
                 sent = clock()
                 try:
-                    async with session.request(method, url, headers=headers, data=body) as resp:
+                    async with session.request(
+                        method, url, headers=headers, data=body, allow_redirects=False
+                    ) as resp:
                         await resp.read()
                         statuses[str(resp.status)] = statuses.get(str(resp.status), 0) + 1
                         if resp.status >= 400:
@@ -749,6 +753,8 @@ def machine_info(postgresql: str | None = None) -> dict[str, Any]:
         "os": os_name,
         "python": platform.python_version(),
         "postgresql": postgresql,
+        # Other work on the machine when the run started: the figures are only as good as this is low.
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -795,7 +801,7 @@ def machine_line(machine: dict[str, Any]) -> str:
     return (
         f"{machine['cpu_model']}, {machine['cores']} cores, {machine['ram_gib']} GiB RAM, "
         f"Linux {machine['kernel']} ({machine['os']}), Python {machine['python']}, "
-        f"PostgreSQL {machine['postgresql']}"
+        f"PostgreSQL {machine['postgresql']}; load average at start {machine.get('load_average')}"
     )
 
 

@@ -24,8 +24,8 @@ CONSUMERS = {
 @dataclass
 class Referral:
     referrer_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    program_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    university_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    program_id: str | None = field(default_factory=lambda: str(uuid.uuid4()))
+    university_id: str | None = field(default_factory=lambda: str(uuid.uuid4()))
     campaign_id: str | None = field(default_factory=lambda: str(uuid.uuid4()))
     referral_id: str = field(default_factory=lambda: str(uuid7()))
 

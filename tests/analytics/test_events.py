@@ -150,7 +150,7 @@ async def test_malformed_events_count_nothing(client: httpx.AsyncClient, runtime
     bad = ref.changed("invited", "signed_up", days_ago(1))
     await deliver(runtime, CHANGED, {**bad, "to_state": "teleported"})
     await deliver(runtime, CHANGED, {**bad, "at": "yesterday"})
-    await deliver(runtime, CHANGED, {**bad, "program_id": None})
+    await deliver(runtime, CHANGED, {**bad, "referrer_id": None})
     body = await staff_funnel(client, admin.access_token, referrer_id=ref.referrer_id)
     assert all(v == 0 for v in body["totals"].values())
 
@@ -216,3 +216,13 @@ async def test_staff_only_and_bounded_ranges(
     )
     assert r.status_code == 200
     assert len(r.json()["series"]) == 105
+
+
+async def test_a_signup_credited_by_code_alone_counts_for_the_referrer(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Admin
+):
+    ref = Referral(program_id=None, university_id=None, campaign_id=None)
+    await deliver(runtime, CREATED, ref.created("signed_up", days_ago(1)))
+    await deliver(runtime, CREATED, ref.created("signed_up", days_ago(1)))
+    body = await staff_funnel(client, admin.access_token, referrer_id=ref.referrer_id)
+    assert body["totals"]["signed_up"] == 1

@@ -53,8 +53,8 @@ class Milestone(Base):
     day: Mapped[date] = mapped_column(Date)  # UTC day of `at`: the daily row this milestone counts in
     implied: Mapped[bool] = mapped_column(Boolean, default=False)
     referrer_id: Mapped[uuid.UUID]
-    program_id: Mapped[uuid.UUID]
-    university_id: Mapped[uuid.UUID]
+    program_id: Mapped[uuid.UUID | None]  # null: a sign-up credited by code, for no program
+    university_id: Mapped[uuid.UUID | None]
     campaign_id: Mapped[uuid.UUID | None]
 
     __table_args__ = (
@@ -72,10 +72,10 @@ class FunnelDaily(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     day: Mapped[date] = mapped_column(Date)
-    program_id: Mapped[uuid.UUID]
+    program_id: Mapped[uuid.UUID | None]  # null: referrals for no program (clicks always have one)
     campaign_id: Mapped[uuid.UUID | None]  # null: no campaign applied
     referrer_id: Mapped[uuid.UUID]
-    university_id: Mapped[uuid.UUID]
+    university_id: Mapped[uuid.UUID | None]
     clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     bot_clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     invited: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
@@ -89,7 +89,7 @@ class FunnelDaily(Base):
     fraud_hold: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     __table_args__ = (
-        # One row per key; a missing campaign is a key value like any other (NULLS NOT DISTINCT).
+        # One row per key; a missing program or campaign is a key value like any other (NULLS NOT DISTINCT).
         Index(
             "uq_analytics_funnel_daily_key",
             "day",

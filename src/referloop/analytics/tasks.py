@@ -40,10 +40,10 @@ def referral_key(payload: dict[str, Any]) -> ReferralKey | None:
         for name in ("referral_id", "referrer_id", "program_id", "university_id", "campaign_id")
     }
     referral_id, referrer_id = ids["referral_id"], ids["referrer_id"]
-    program_id, university_id = ids["program_id"], ids["university_id"]
-    if referral_id is None or referrer_id is None or program_id is None or university_id is None:
+    if referral_id is None or referrer_id is None:
         return None
-    return ReferralKey(referral_id, referrer_id, program_id, university_id, ids["campaign_id"])
+    # A sign-up credited by code alone has no program (nor university): counted for the referrer.
+    return ReferralKey(referral_id, referrer_id, ids["program_id"], ids["university_id"], ids["campaign_id"])
 
 
 def _at(payload: dict[str, Any]) -> datetime | None:

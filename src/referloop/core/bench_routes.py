@@ -8,8 +8,10 @@ divided by the baseline's tells how much the route itself costs."""
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
+from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import text
 
 from referloop.core.deps import ReadSession
@@ -27,3 +29,13 @@ async def baseline(user_id: uuid.UUID, session: ReadSession) -> dict[str, str]:
     if found is None:
         raise NotFound("No such user.")
     return {"id": str(found)}
+
+
+_BARE_LOCATION = "http://127.0.0.1:9/landing?utm_source=referloop&ref="
+
+
+@router.get("/redirect/{slug}", status_code=302, response_class=RedirectResponse)
+async def bare_redirect(slug: Annotated[str, Path(max_length=40)]) -> Response:
+    """The baseline of `GET /r/{slug}`: the same stack and the same kind of answer (a 302 that must
+    not be cached), with none of the redirect's work (no Redis, no click, no cookie)."""
+    return RedirectResponse(_BARE_LOCATION + slug, status_code=302, headers={"Cache-Control": "no-store"})

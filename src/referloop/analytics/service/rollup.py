@@ -25,8 +25,8 @@ class ReferralKey:
 
     referral_id: uuid.UUID
     referrer_id: uuid.UUID
-    program_id: uuid.UUID
-    university_id: uuid.UUID
+    program_id: uuid.UUID | None
+    university_id: uuid.UUID | None
     campaign_id: uuid.UUID | None
 
 
@@ -37,10 +37,10 @@ def utc_day(at: datetime) -> date:
 async def _add_to_day(
     session: AsyncSession,
     day: date,
-    program_id: uuid.UUID,
+    program_id: uuid.UUID | None,
     campaign_id: uuid.UUID | None,
     referrer_id: uuid.UUID,
-    university_id: uuid.UUID,
+    university_id: uuid.UUID | None,
     step: Step,
     delta: int,
 ) -> None:

@@ -1,0 +1,722 @@
+"""Referrals benchmark (issue 5, section 8).
+
+(a) `GET /r/{slug}` (the share-link redirect: Redis only, click buffered in a Redis stream) against a
+    bare 302 (`GET /bench/redirect/{slug}`, same stack, no work) in the same run: requests per second
+    at 64 connections (wrk) and p50/p95/p99 at a fixed 2,000 rps (open loop). Afterwards every click
+    the server buffered is flushed to PostgreSQL (`flush_all_clicks`) and rolled up into the funnel
+    (`rollup_clicks`), and the counts are compared: buffered == stored == rolled up.
+    Targets: redirect rps >= 70 % of the bare 302's, p99 < 10 ms at 2,000 rps.
+(b) 10,000 enrolment outcomes through `POST /partner/v1/outcomes` in batches of 1,000, with
+    `referloop worker` running: p95 per batch < 2 s, and every reward pending in the ledger within
+    10 s of the last batch's answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from bench.common import (
+    LUA_SCRIPT,
+    RESULTS_DIR,
+    BenchOptions,
+    LoadResult,
+    Server,
+    Workload,
+    drop_database,
+    ensure_wrk,
+    fmt,
+    fresh_database,
+    log,
+    machine_info,
+    machine_line,
+    measure_cpu,
+    now_iso,
+    parse_wrk_output,
+    postgres_version,
+    profile_server,
+    run_constant_rate,
+    run_saturation,
+    summarize_collapsed,
+    summarize_components,
+    write_items,
+    write_json,
+    write_results_md,
+)
+from bench.identity import referral_code, server_settings
+
+NAME = "referrals"
+CONNECTIONS = 64
+FIXED_RATE = 2000.0
+TARGET_REDIRECT_VS_BARE = 0.70
+TARGET_REDIRECT_P99_MS = 10.0
+TARGET_BATCH_P95_S = 2.0
+TARGET_PENDING_S = 10.0
+BATCH_SIZE = 1000
+# A phone browser: known crawlers (and requests with no user agent) are counted apart as bots.
+BROWSER_UA = (
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/126.0.0.0 Mobile Safari/537.36"
+)
+# The click stream key is fixed (`referrals:clicks`), so the benchmark server gets a Redis database of
+# its own: the flush below must never take another process's clicks.
+BENCH_REDIS_DB = 13
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+@dataclass(frozen=True)
+class Plan:
+    members: int
+    programs: int
+    links: int
+    warmup_s: float
+    saturation_s: float
+    fixed_s: float
+    fixed_warmup_s: float
+    outcomes: int
+
+    @classmethod
+    def for_options(cls, options: BenchOptions) -> Plan:
+        if options.quick:
+            return cls(2_000, 5, 5_000, 1, 3, 3, 1, 2_000)
+        return cls(20_000, 20, 100_000, 5, 15, 20, 2, 10_000)
+
+
+def redis_url_for_bench(url: str) -> str:
+    return urlsplit(url)._replace(path=f"/{BENCH_REDIS_DB}").geturl()
+
+
+def short_code(n: int) -> str:
+    chars = []
+    for _ in range(6):
+        n, r = divmod(n, 32)
+        chars.append(CROCKFORD[r])
+    return "".join(reversed(chars))
+
+
+# --------------------------------------------------------------------------------------------------
+# Seeding (COPY)
+
+
+@dataclass
+class Catalogue:
+    university_id: uuid.UUID
+    campaign_id: uuid.UUID
+    program_ids: list[uuid.UUID]
+    short_codes: list[str]
+    member_ids: list[uuid.UUID]
+    codes: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def seed_catalogue(database_url: str, plan: Plan) -> Catalogue:
+    """One university, its programs, an active campaign on all of them, and members with codes."""
+    import asyncpg
+
+    from referloop.core.ids import uuid7
+
+    now = datetime.now(UTC)
+    tag = secrets.token_hex(3)
+    university_id, campaign_id = uuid7(), uuid7()
+    program_ids = [uuid7() for _ in range(plan.programs)]
+    shorts = [short_code(1_000_000 + i) for i in range(plan.programs)]
+    member_ids = [uuid7() for _ in range(plan.members)]
+    codes = [referral_code(i) for i in range(plan.members)]
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table(
+                "universities",
+                records=[(university_id, "Bench University", f"bench-{tag}", "IN", True, now, now)],
+                columns=["id", "name", "slug", "country", "active", "created_at", "updated_at"],
+            )
+            await conn.copy_records_to_table(
+                "programs",
+                records=[
+                    (
+                        pid,
+                        university_id,
+                        f"Bench Program {i}",
+                        f"bench-program-{i}",
+                        short,
+                        "IN",
+                        "undergraduate",
+                        45_000_000,
+                        "INR",
+                        # Loopback only: a load generator that followed it would reach nothing outside.
+                        f"http://127.0.0.1:9/programs/{i}?lang=en",
+                        True,
+                        f"bench program {i} bench university",
+                        now,
+                        now,
+                    )
+                    for i, (pid, short) in enumerate(zip(program_ids, shorts, strict=True))
+                ],
+                columns=[
+                    "id",
+                    "university_id",
+                    "name",
+                    "slug",
+                    "short_code",
+                    "country",
+                    "level",
+                    "fee_amount",
+                    "fee_currency",
+                    "landing_url",
+                    "active",
+                    "search_text",
+                    "created_at",
+                    "updated_at",
+                ],
+            )
+            await conn.copy_records_to_table(
+                "campaigns",
+                records=[
+                    (
+                        campaign_id,
+                        "Bench campaign",
+                        "active",
+                        0,
+                        now - timedelta(days=1),
+                        "INR",
+                        30,
+                        now,
+                        now,
+                        now,
+                    )
+                ],
+                columns=[
+                    "id",
+                    "name",
+                    "state",
+                    "priority",
+                    "starts_at",
+                    "currency",
+                    "attribution_window_days",
+                    "activated_at",
+                    "created_at",
+                    "updated_at",
+                ],
+            )
+            await conn.copy_records_to_table(
+                "campaign_programs",
+                records=[(campaign_id, pid) for pid in program_ids],
+                columns=["campaign_id", "program_id"],
+            )
+            await conn.copy_records_to_table(
+                "users",
+                records=[
+                    (
+                        uid,
+                        f"ref{i}.{tag}@bench.referloop.test",
+                        "!bench",
+                        f"Bench Referrer {i}",
+                        "member",
+                        code,
+                        now,
+                        now,
+                    )
+                    for i, (uid, code) in enumerate(zip(member_ids, codes, strict=True))
+                ],
+                columns=[
+                    "id",
+                    "email",
+                    "password_hash",
+                    "display_name",
+                    "role",
+                    "referral_code",
+                    "created_at",
+                    "updated_at",
+                ],
+            )
+        await conn.execute("ANALYZE universities; ANALYZE programs; ANALYZE campaigns; ANALYZE users")
+    finally:
+        await conn.close()
+    return Catalogue(university_id, campaign_id, program_ids, shorts, member_ids, codes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Load with a browser's user agent
+
+
+@dataclass(frozen=True)
+class BrowserWorkload(Workload):
+    """`path` requests with a browser's User-Agent (the Python runners); wrk gets it with -H."""
+
+    def request_parts(self, item: str) -> tuple[str, str, dict[str, str], bytes | None]:
+        method, url, headers, body = super().request_parts(item)
+        return method, url, {**headers, "User-Agent": BROWSER_UA}, body
+
+
+def run_wrk_browser(wrk: str, workload: Workload, *, connections: int, duration_s: float) -> LoadResult:
+    """bench.common.run_wrk with a User-Agent header (items.lua's `path` requests take wrk's headers)."""
+    cmd = [
+        wrk,
+        "-t2",
+        f"-c{connections}",
+        f"-d{max(1, round(duration_s))}s",
+        "--timeout=10s",
+        "--latency",
+        "-H",
+        f"User-Agent: {BROWSER_UA}",
+        "-s",
+        str(LUA_SCRIPT),
+        workload.url,
+        "--",
+        str(workload.items_file),
+        workload.kind,
+        "2",
+        "0",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=duration_s + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr}\n{done.stdout}")
+    return parse_wrk_output(done.stdout)
+
+
+def saturate(wrk: str | None, workload: Workload, seconds: float) -> LoadResult:
+    if wrk is not None:
+        return run_wrk_browser(wrk, workload, connections=CONNECTIONS, duration_s=seconds)
+    return run_saturation(None, workload, connections=CONNECTIONS, duration_s=seconds)
+
+
+def write_redirect_inputs(workdir: Path, base_url: str, cat: Catalogue, plan: Plan) -> dict[str, Workload]:
+    rng = random.Random(5)
+    slugs = [f"{rng.choice(cat.codes)}-{rng.choice(cat.short_codes)}" for _ in range(plan.links)]
+    items = write_items(workdir / "slugs.txt", slugs)
+    return {
+        "bare": BrowserWorkload("bare", f"{base_url}/bench/redirect/", "path", items),
+        "redirect": BrowserWorkload("redirect", f"{base_url}/r/", "path", items),
+    }
+
+
+def smoke_check_redirects(workloads: dict[str, Workload]) -> None:
+    import httpx
+
+    for workload in workloads.values():
+        method, url, headers, _ = workload.request_parts(workload.items()[0])
+        answer = httpx.request(method, url, headers=headers, timeout=10, follow_redirects=False)
+        if answer.status_code != 302 or "location" not in answer.headers:
+            raise RuntimeError(f"{workload.name}: {url} answered {answer.status_code}: {answer.text[:300]}")
+        if workload.name == "redirect" and "rl_click" not in answer.headers.get("set-cookie", ""):
+            raise RuntimeError(f"{url}: no click cookie (was the request taken for a bot's?)")
+
+
+@dataclass
+class Measured:
+    saturation: LoadResult
+    fixed: LoadResult
+
+
+def measure_redirects(
+    server: Server, wrk: str | None, workloads: dict[str, Workload], plan: Plan, database_url: str
+) -> dict[str, Measured]:
+    saturation: dict[str, LoadResult] = {}
+    for name, workload in workloads.items():
+        log(f"{name}: warm-up {plan.warmup_s:g}s at {CONNECTIONS} connections")
+        saturate(wrk, workload, plan.warmup_s)
+        log(f"{name}: {plan.saturation_s:g}s at {CONNECTIONS} connections")
+        cpu: dict[str, float] = {}
+        with measure_cpu(server, cpu, database_url):
+            result = saturate(wrk, workload, plan.saturation_s)
+        result.server_cpu_cores = cpu["cores"]
+        if result.rps:
+            result.extra["server_cpu_us_per_request"] = round(cpu["cores"] / result.rps * 1e6)
+        if "db_connections" in cpu:
+            result.extra["db_connections_opened"] = int(cpu["db_connections"])
+        saturation[name] = result
+        log(
+            f"{name}: {result.rps:,.0f} rps, p99 {fmt(result.p99_ms)} ms, errors {result.errors}, "
+            f"non-2xx/3xx {result.bad_status}, server CPU {cpu['cores']} cores"
+        )
+    fixed: dict[str, LoadResult] = {}
+    for name, workload in workloads.items():
+        log(f"{name}: {FIXED_RATE:g} rps for {plan.fixed_s:g}s (+{plan.fixed_warmup_s:g}s warm-up)")
+        cpu = {}
+        with measure_cpu(server, cpu):
+            result = run_constant_rate(
+                workload,
+                rate=FIXED_RATE,
+                duration_s=plan.fixed_s,
+                warmup_s=plan.fixed_warmup_s,
+                connections=CONNECTIONS,
+            )
+        result.server_cpu_cores = cpu["cores"]
+        result.extra["overloaded"] = result.errors > 0.01 * result.requests or result.rps < 0.95 * FIXED_RATE
+        fixed[name] = result
+        log(
+            f"{name}: p50 {fmt(result.p50_ms, 2)} / p95 {fmt(result.p95_ms, 2)} / p99 {fmt(result.p99_ms, 2)} ms,"
+            f" {result.rps:,.0f} answers/s, errors {result.errors}, sender lag p99 "
+            f"{fmt(result.sender_lag_p99_ms, 2)} ms"
+        )
+    return {name: Measured(saturation[name], fixed[name]) for name in workloads}
+
+
+# --------------------------------------------------------------------------------------------------
+# In-process access to the benchmark's database and Redis (flush, rollup, checks)
+
+
+def bench_runtime(database_url: str, redis_url: str, var_dir: Path) -> Any:
+    from referloop.config import Environment, Settings
+    from referloop.runtime import Runtime
+
+    settings = Settings.model_validate(
+        {
+            "env": Environment.test,
+            "database_url": database_url,
+            "redis_url": redis_url,
+            "var_dir": var_dir,
+            "log_level": "WARNING",
+            "access_log": False,
+        }
+    )
+    return Runtime.build(settings)
+
+
+async def reset_click_stream(redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    from referloop.referrals.service.clicks import STREAM
+
+    client = Redis.from_url(redis_url)
+    try:
+        await client.delete(STREAM)
+    finally:
+        await client.aclose()
+
+
+async def flush_and_count(database_url: str, redis_url: str, var_dir: Path) -> dict[str, Any]:
+    """Every click the server buffered, stored once and rolled up once."""
+    from sqlalchemy import text
+
+    from referloop.analytics.service.clicks import rollup_clicks
+    from referloop.referrals.service.clicks import STREAM, flush_all_clicks
+
+    rt = bench_runtime(database_url, redis_url, var_dir)
+    try:
+        buffered = int(await rt.redis.xlen(STREAM))
+        started = time.perf_counter()
+        flushed = await flush_all_clicks(rt)
+        flush_s = time.perf_counter() - started
+        async with rt.db.sessionmaker() as session:
+            stored = int(await session.scalar(text("SELECT count(*) FROM clicks")) or 0)
+            bots = int(await session.scalar(text("SELECT count(*) FROM clicks WHERE is_bot")) or 0)
+        started = time.perf_counter()
+        rolled = 0
+        while True:
+            step = await rollup_clicks(rt, settle_seconds=0, max_span_seconds=86400)
+            rolled += step.counted
+            if not step.behind:
+                break
+        rollup_s = time.perf_counter() - started
+        async with rt.db.sessionmaker() as session:
+            in_rollup = int(
+                await session.scalar(
+                    text("SELECT coalesce(sum(clicks + bot_clicks), 0) FROM analytics_funnel_daily")
+                )
+                or 0
+            )
+        left = int(await rt.redis.xlen(STREAM))
+    finally:
+        await rt.close()
+    return {
+        "buffered": buffered,
+        "flushed_read": flushed.read,
+        "stored": stored,
+        "stored_bots": bots,
+        "rolled_up": in_rollup,
+        "left_in_stream": left,
+        "flush_seconds": round(flush_s, 2),
+        "flush_clicks_per_second": round(stored / flush_s) if flush_s else None,
+        "rollup_seconds": round(rollup_s, 2),
+        "all_counted": buffered == stored == in_rollup and left == 0 and bots == 0,
+    }
+
+
+def client_answers(measured: dict[str, Measured], name: str) -> int:
+    """Answers the measured phases saw (warm-ups excluded; for information only)."""
+    m = measured[name]
+    return (m.saturation.requests - m.saturation.errors - m.saturation.bad_status) + sum(
+        v for k, v in m.fixed.extra.get("statuses", {}).items() if k == "302"
+    )
+
+
+def profile_redirect(
+    server: Server, wrk: str | None, workload: Workload, out_dir: Path, seconds: int = 10
+) -> Path | None:
+    raw = out_dir / f"{NAME}-redirect-profile.collapsed"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    load = threading.Thread(target=saturate, args=(wrk, workload, seconds + 4), daemon=True)
+    load.start()
+    time.sleep(2)
+    log(f"profiling the server under /r/{{slug}} load for {seconds}s (py-spy)")
+    ok = profile_server(server.pid, seconds, raw)
+    load.join()
+    return raw if ok else None
+
+
+_ENTRY_FRAMES = ("main (referloop/cli.py)", "serve (referloop/cli.py)", "<module> (referloop")
+
+
+def profile_summary(raw: Path) -> dict[str, Any]:
+    text = raw.read_text()
+    total, rows = summarize_collapsed(text, top=100_000)
+    ours = [
+        {"function": n, "inclusive_pct": round(i, 1), "self_pct": round(o, 1)}
+        for n, i, o in rows
+        if "(referloop/" in n and not n.startswith(_ENTRY_FRAMES) and i >= 0.5
+    ]
+    return {"samples": total, "components": summarize_components(text), "our_functions": ours[:15]}
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+
+
+def _target(
+    value: float | None, *, minimum: float | None = None, maximum: float | None = None
+) -> dict[str, Any]:
+    met = value is not None and (
+        (minimum is None or value >= minimum) and (maximum is None or value < maximum)
+    )
+    out: dict[str, Any] = {"value": value, "met": met}
+    if minimum is not None:
+        out["min"] = minimum
+    if maximum is not None:
+        out["max"] = maximum
+    return out
+
+
+def results_document(
+    measured: dict[str, Measured],
+    clicks: dict[str, Any],
+    outcomes: dict[str, Any] | None,
+    machine: dict[str, Any],
+    plan: Plan,
+    wrk: str | None,
+) -> dict[str, Any]:
+    runs = {
+        name: {
+            "rps": round(m.saturation.rps, 1),
+            "p50_ms": m.fixed.p50_ms,
+            "p95_ms": m.fixed.p95_ms,
+            "p99_ms": m.fixed.p99_ms,
+            "saturation": m.saturation.as_dict(),
+            "fixed_rate": m.fixed.as_dict(),
+        }
+        for name, m in measured.items()
+    }
+    bare = measured["bare"].saturation.rps
+    ratio = round(measured["redirect"].saturation.rps / bare, 3) if bare else None
+    targets: dict[str, Any] = {
+        "redirect_vs_bare_rps": _target(ratio, minimum=TARGET_REDIRECT_VS_BARE),
+        "redirect_p99_ms_at_2000_rps": _target(
+            measured["redirect"].fixed.p99_ms, maximum=TARGET_REDIRECT_P99_MS
+        ),
+        "every_click_counted": {
+            "value": clicks["stored"],
+            "expected": clicks["buffered"],
+            "met": clicks["all_counted"],
+        },
+    }
+    if outcomes is not None:
+        targets["outcome_batch_p95_s"] = _target(outcomes.get("batch_p95_s"), maximum=TARGET_BATCH_P95_S)
+        targets["rewards_pending_after_last_batch_s"] = _target(
+            outcomes.get("all_pending_after_s"), maximum=TARGET_PENDING_S
+        )
+    clicks = {**clicks, "client_302s_measured_phases": client_answers(measured, "redirect")}
+    return {
+        "date": now_iso(),
+        "machine": machine,
+        "runs": runs,
+        "ratios": {"redirect_vs_bare_rps": ratio},
+        "targets": targets,
+        "clicks": clicks,
+        "outcomes": outcomes,
+        "setup": {
+            "members": plan.members,
+            "programs": plan.programs,
+            "distinct_links": plan.links,
+            "api_workers": 1,
+            "connections": CONNECTIONS,
+            "saturation_seconds": plan.saturation_s,
+            "saturation_tool": "wrk" if wrk else "python-closed-loop (aiohttp)",
+            "fixed_rate_rps": FIXED_RATE,
+            "fixed_rate_seconds": plan.fixed_s,
+            "fixed_rate_tool": "bench.common.run_constant_rate (aiohttp, open loop)",
+            "outcomes": plan.outcomes,
+            "outcome_batch_size": BATCH_SIZE,
+        },
+    }
+
+
+def _met(t: dict[str, Any]) -> str:
+    return "met" if t["met"] else "**missed**"
+
+
+def markdown_section(doc: dict[str, Any]) -> str:
+    setup, t, c = doc["setup"], doc["targets"], doc["clicks"]
+    lines = [
+        "## referrals: `GET /r/{slug}` and partner outcomes",
+        "",
+        f"- Date: {doc['date']}",
+        f"- Machine: {machine_line(doc['machine'])}",
+        f"- Setup: {setup['members']:,} referrers, {setup['programs']} programs, {setup['distinct_links']:,} "
+        "distinct share links requested in a shuffled order, one API worker (`referloop serve --workers 1`), "
+        "PostgreSQL, Redis and the load generators on the same machine, a browser's User-Agent (bots take "
+        f"a cheaper path). Saturation: {setup['connections']} connections for {setup['saturation_seconds']:g} s "
+        f"({setup['saturation_tool']}); latency at a fixed {setup['fixed_rate_rps']:,.0f} rps for "
+        f"{setup['fixed_rate_seconds']:g} s, measured from each request's intended send time. The baseline is "
+        "`GET /bench/redirect/{slug}`: a 302 through the same stack that does nothing else.",
+        "",
+        f"| workload | rps at {setup['connections']} conn. | server CPU (cores) | server CPU per request (µs) "
+        f"| p50 / p95 / p99 ms at {setup['fixed_rate_rps']:,.0f} rps |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    titles = {"bare": "bare 302 (baseline)", "redirect": "`GET /r/{slug}`"}
+    for name, run_ in doc["runs"].items():
+        sat, fixed = run_["saturation"], run_["fixed_rate"]
+        cell = (
+            f"{fmt(fixed.get('p50_ms'), 2)} / {fmt(fixed.get('p95_ms'), 2)} / {fmt(fixed.get('p99_ms'), 2)}"
+        )
+        if fixed.get("extra", {}).get("overloaded"):
+            cell += f" (overloaded: {fmt(fixed.get('rps'), 0)} answers/s)"
+        lines.append(
+            f"| {titles.get(name, name)} | {fmt(run_['rps'], 0)} | {fmt(sat.get('server_cpu_cores'), 2)} "
+            f"| {sat.get('extra', {}).get('server_cpu_us_per_request', '–')} | {cell} |"
+        )
+    ratio, p99 = t["redirect_vs_bare_rps"], t["redirect_p99_ms_at_2000_rps"]
+    lines += [
+        "",
+        f"- Redirect rps vs the bare 302: **{fmt(100 * ratio['value'] if ratio['value'] else None, 0)} %** "
+        f"(target >= 70 %): {_met(ratio)}",
+        f"- Redirect p99 at 2,000 rps: **{fmt(p99['value'], 2)} ms** (target < 10 ms): {_met(p99)}",
+        f"- Clicks: {c['buffered']:,} buffered in Redis by the server, {c['stored']:,} stored after the flush "
+        f"({c['flush_seconds']:g} s, {c['flush_clicks_per_second'] or 0:,} clicks/s in one process), "
+        f"{c['rolled_up']:,} in the funnel rollup ({c['rollup_seconds']:g} s); {c['left_in_stream']} left in "
+        f"the stream, {c['stored_bots']} taken for bots: {'every click counted once' if c['all_counted'] else '**mismatch**'}. "
+        f"(The load generators saw {c['client_302s_measured_phases']:,} redirects in the measured phases; "
+        "the warm-ups add the rest.)",
+    ]
+    outcomes = doc.get("outcomes")
+    if outcomes:
+        lines += [
+            "",
+            f"Partner outcomes: {outcomes['items']:,} `enrolled` outcomes in {outcomes['batches']} batches of "
+            f"{setup['outcome_batch_size']:,} (`POST /partner/v1/outcomes`, one at a time), with `referloop worker` "
+            "running (in-process outbox drain).",
+            "",
+            f"- Per batch: p50 {fmt(outcomes.get('batch_p50_s'), 2)} s, p95 **{fmt(outcomes.get('batch_p95_s'), 2)} s**, "
+            f"max {fmt(outcomes.get('batch_max_s'), 2)} s (target p95 < 2 s): {_met(t['outcome_batch_p95_s'])}; "
+            f"items applied {outcomes.get('applied', 0):,}, other results {outcomes.get('other_results', {})}",
+            f"- Every reward pending in the ledger **{fmt(outcomes.get('all_pending_after_s'), 2)} s** after the "
+            f"last batch's answer (target < 10 s): {_met(t['rewards_pending_after_last_batch_s'])}; "
+            f"rewards pending {outcomes.get('rewards_pending', 0):,} of {outcomes.get('rewards_expected', 0):,} expected",
+        ]
+    profile = doc.get("profile")
+    if profile:
+        lines += [
+            "",
+            f"Where the API worker's time goes under `/r/{{slug}}` load (py-spy, {profile['samples']:,} samples; "
+            f"stacks in `bench/results/{NAME}-redirect-profile.collapsed`), by the library of the innermost "
+            "Python frame:",
+            "",
+            "| component | share of samples % |",
+            "| --- | ---: |",
+        ]
+        lines += [f"| {name} | {share:.1f} |" for name, share in profile["components"].items()]
+        lines += ["", "| our function | inclusive % |", "| --- | ---: |"]
+        lines += [f"| `{row['function']}` | {row['inclusive_pct']:.1f} |" for row in profile["our_functions"]]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def run(options: BenchOptions) -> dict[str, Any]:
+    from referloop.core.security.tokens import generate_private_pem
+
+    plan = Plan.for_options(options)
+    wrk = ensure_wrk()
+    workdir = Path(tempfile.mkdtemp(prefix="referloop-bench-referrals-"))
+    db_name = f"referloop_bench_{NAME}_{os.getpid()}"
+    redis_url = redis_url_for_bench(options.redis_url)
+    try:
+        log(f"fresh database {db_name} and migrations")
+        database_url = fresh_database(options.admin_database_url, db_name)
+        log(f"seeding {plan.members:,} referrers and {plan.programs} programs with COPY")
+        cat = asyncio.run(seed_catalogue(database_url, plan))
+        asyncio.run(reset_click_stream(redis_url))
+        machine = machine_info(asyncio.run(postgres_version(database_url)))
+        pem = generate_private_pem()
+        server = Server(server_settings(database_url, redis_url, workdir / "var", pem), workdir)
+        outcomes: dict[str, Any] | None = None
+        with server:
+            workloads = write_redirect_inputs(workdir, server.base_url, cat, plan)
+            smoke_check_redirects(workloads)
+            measured = measure_redirects(server, wrk, workloads, plan, database_url)
+            log("flushing the buffered clicks and rolling them up")
+            clicks = asyncio.run(flush_and_count(database_url, redis_url, workdir / "var"))
+            log(
+                f"clicks: buffered {clicks['buffered']:,}, stored {clicks['stored']:,}, "
+                f"rolled up {clicks['rolled_up']:,} (flush {clicks['flush_seconds']} s)"
+            )
+            profile_raw: Path | None = None
+            doc = results_document(measured, clicks, None, machine, plan, wrk)
+            missed = not all(v["met"] for v in doc["targets"].values())
+            if options.profile or (missed and not options.quick):
+                writing = options.write and not options.quick
+                profile_raw = profile_redirect(
+                    server, wrk, workloads["redirect"], RESULTS_DIR if writing else workdir
+                )
+                asyncio.run(reset_click_stream(redis_url))  # the profiling load's clicks are not counted
+        outcomes = run_outcomes(options, plan, database_url, redis_url, workdir, cat, pem)
+        doc = results_document(measured, clicks, outcomes, machine, plan, wrk)
+        if profile_raw is not None:
+            doc["profile"] = profile_summary(profile_raw)
+        section = markdown_section(doc)
+        if options.write and not options.quick:
+            write_json(NAME, doc)
+            write_results_md(NAME, section)
+            log(f"wrote {RESULTS_DIR / (NAME + '.json')} and bench/RESULTS.md")
+        print(section, flush=True)
+        print(json.dumps(doc["targets"], indent=2), flush=True)
+        return doc
+    finally:
+        if not options.keep_db:
+            drop_database(options.admin_database_url, db_name)
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            log(f"kept database {db_name} and {workdir}")
+
+
+def run_outcomes(
+    options: BenchOptions,
+    plan: Plan,
+    database_url: str,
+    redis_url: str,
+    workdir: Path,
+    cat: Catalogue,
+    pem: bytes,
+) -> dict[str, Any] | None:
+    """Part (b); None until the partner API and the lifecycle exist in this tree."""
+    try:
+        import referloop.referrals.lifecycle.service
+        import referloop.referrals.partner.routes  # noqa: F401
+    except ImportError:
+        log("partner outcomes: the partner API is not in this tree yet; part (b) skipped")
+        return None
+    return None
