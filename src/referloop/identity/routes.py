@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Header, Request, status
 
 from referloop.core.deps import ContextDep, ReadSession, RuntimeDep, WriteSession
 from referloop.core.errors import NotFound, problem_responses
@@ -65,12 +65,23 @@ def me_out(user: User) -> MeOut:
     responses=problem_responses(409, 422, 429),
 )
 async def register(
-    body: RegisterRequest, session: WriteSession, rt: RuntimeDep, ctx: ContextDep
+    body: RegisterRequest,
+    request: Request,
+    session: WriteSession,
+    rt: RuntimeDep,
+    ctx: ContextDep,
+    device_id: Annotated[
+        str | None, Header(alias="X-Device-ID", max_length=200, description="The app's install id.")
+    ] = None,
 ) -> TokenPair:
-    """Create a member account and sign in. A code to verify the email address is sent at once."""
+    """Create a member account and sign in. A code to verify the email address is sent at once.
+    A share link's click id (`click_id`, else the `rl_click` cookie) credits the member who shared it."""
     await rt.limiter.hit(rt.settings.rate_limit_register, "register", ctx.ip or "-")
     await rt.limiter.hit(rt.settings.rate_limit_register, "register-account", body.email or body.phone or "-")
-    return await accounts.register(session, rt, body, ctx)
+    cookie = request.cookies.get(rt.settings.click_cookie_name)
+    return await accounts.register(
+        session, rt, body, ctx, click_id=cookie[:64] if cookie else None, device_id=device_id
+    )
 
 
 @router.post("/auth/login", response_model=TokenPair, responses=problem_responses(401, 422, 429))

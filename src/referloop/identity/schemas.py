@@ -21,6 +21,9 @@ from referloop.identity.models import KycStatus, Role
 
 ReferralCodeIn = Annotated[str, StringConstraints(min_length=4, max_length=32, pattern=r"^[A-Za-z0-9-]+$")]
 DeviceName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+# The `rl_click` cookie a share link sets (a UUID), and the app's install id.
+ClickIdIn = Annotated[str, StringConstraints(min_length=32, max_length=36, pattern=r"^[0-9A-Fa-f-]+$")]
+DeviceIdIn = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
 
 
 def _known_timezone(value: str) -> str:
@@ -53,6 +56,14 @@ class RegisterRequest(StrictModel):
         default=None, description="The referral code of the member who invited you."
     )
     device_name: DeviceName | None = None
+    click_id: ClickIdIn | None = Field(
+        default=None,
+        description="The click id of the share link that brought you (the `rl_click` cookie, which is "
+        "also read when this field is left out).",
+    )
+    device_id: DeviceIdIn | None = Field(
+        default=None, description="The app's install id (also read from `X-Device-ID`)."
+    )
 
     model_config = ConfigDict(
         json_schema_extra={

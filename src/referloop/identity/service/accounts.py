@@ -80,8 +80,16 @@ async def create_user(
 
 
 async def register(
-    session: AsyncSession, rt: Runtime, data: RegisterRequest, ctx: RequestContext
+    session: AsyncSession,
+    rt: Runtime,
+    data: RegisterRequest,
+    ctx: RequestContext,
+    *,
+    click_id: str | None = None,
+    device_id: str | None = None,
 ) -> TokenPair:
+    """`click_id` and `device_id` (the share-link cookie and the `X-Device-ID` header) are used
+    when the body does not carry them; referrals attributes the sign-up with them."""
     taken = [User.email == data.email] if data.email else []
     if data.phone:
         taken.append(User.phone == data.phone)
@@ -115,6 +123,8 @@ async def register(
             "user_id": str(user.id),
             "invited_with_code": invited,
             "referral_code": user.referral_code,
+            "click_id": data.click_id or click_id,
+            "device_id": data.device_id or device_id,
         },
     )
     if user.email:
