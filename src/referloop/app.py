@@ -23,9 +23,12 @@ from referloop.payouts.methods.routes import router as payout_methods_router
 from referloop.payouts.withdrawals.routes import router as withdrawals_router
 from referloop.payouts.withdrawals.staff_routes import router as withdrawals_staff_router
 from referloop.payouts.withdrawals.webhooks import router as payout_webhooks_router
+from referloop.referrals.lifecycle.routes import router as referral_lifecycle_router
+from referloop.referrals.lifecycle.staff_routes import router as referral_lifecycle_staff_router
 from referloop.referrals.partner.routes import router as partner_router
 from referloop.referrals.partner.schemas import OPENAPI_MODELS as PARTNER_OPENAPI_MODELS
 from referloop.referrals.partner.staff_routes import router as partner_keys_staff_router
+from referloop.referrals.rewards.staff_routes import router as rewards_staff_router
 from referloop.referrals.routes import redirect_router as referrals_redirect_router
 from referloop.referrals.routes import router as referrals_router
 from referloop.referrals.staff_routes import router as referrals_staff_router
@@ -75,6 +78,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.include_router(router)
     app.include_router(referrals_router)
     app.include_router(referrals_staff_router)
+    # After the catalogue's router: its fixed /v1/referrals/... paths match before /v1/referrals/{id}.
+    for router in (referral_lifecycle_router, referral_lifecycle_staff_router, rewards_staff_router):
+        app.include_router(router)
     app.include_router(analytics_router)
     for router in (partner_router, partner_webhooks_router, partner_keys_staff_router, webhooks_staff_router):
         app.include_router(router)

@@ -119,6 +119,7 @@ class Settings(BaseSettings):
     click_cookie_name: str = "rl_click"
     click_flush_batch_size: int = Field(default=1000, ge=1, le=10000)
     click_claim_idle_seconds: float = Field(default=60.0, ge=0)  # a batch pending this long was orphaned
+    rate_limit_referral_invite: str = "50/day"  # invitations a member may send
 
     # Funnel analytics: the click job reads clicks older than the settle delay (time for the flusher,
     # orphaned batches included), at most max_span per step; the hourly recount repairs the last days.

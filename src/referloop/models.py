@@ -12,6 +12,7 @@ from referloop.identity.models import AuthSession, OneTimeCode, RefreshToken, Us
 from referloop.ledger.models import JournalEntry, LedgerAccount, PendingTransfer, Posting
 from referloop.payouts.methods.models import PayoutMethod
 from referloop.payouts.withdrawals.models import WebhookInbox, Withdrawal
+from referloop.referrals.lifecycle.models import PartnerOutcome, Referral, ReferralEvent
 from referloop.referrals.models import (
     Attribution,
     Campaign,
@@ -23,6 +24,7 @@ from referloop.referrals.models import (
     VanityCode,
 )
 from referloop.referrals.partner.models import PartnerApiKey
+from referloop.referrals.rewards.models import CampaignBudget, Reward, RewardCounter, RewardRule
 from referloop.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookMessage
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "AuthSession",
     "Base",
     "Campaign",
+    "CampaignBudget",
     "CampaignProgram",
     "Click",
     "DeadLetter",
@@ -46,11 +49,17 @@ __all__ = [
     "OneTimeCode",
     "OutboxEvent",
     "PartnerApiKey",
+    "PartnerOutcome",
     "PayoutMethod",
     "PendingTransfer",
     "Posting",
     "Program",
+    "Referral",
+    "ReferralEvent",
     "RefreshToken",
+    "Reward",
+    "RewardCounter",
+    "RewardRule",
     "University",
     "User",
     "VanityCode",

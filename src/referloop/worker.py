@@ -21,6 +21,9 @@ TASK_MODULES = (
     "referloop.ledger.tasks",
     "referloop.notifications.tasks",
     "referloop.payouts.withdrawals.tasks",
+    "referloop.referrals.tasks",
+    "referloop.referrals.lifecycle.tasks",
+    "referloop.referrals.rewards.tasks",
     "referloop.webhooks.tasks",
 )
 

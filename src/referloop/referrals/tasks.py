@@ -13,6 +13,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.core.errors import NotFound
+from referloop.core.outbox.consumers import consumer
 from referloop.identity.service.accounts import get_user
 from referloop.referrals.service.attribution import attribute_signup
 from referloop.runtime import Runtime
@@ -59,3 +60,6 @@ async def handle_user_registered(
         reason=result.reason,
         referrer_id=str(result.referrer_id) if result.referrer_id else None,
     )
+
+
+consumer(ATTRIBUTION_CONSUMER, USER_REGISTERED)(handle_user_registered)

@@ -1,0 +1,1 @@
+"""The referral lifecycle: invitations, sign-ups, partner outcomes, states and their history."""

@@ -1,0 +1,144 @@
+"""An attributed sign-up (`referrals.signup_attributed`) becomes a referral in state signed_up.
+
+The referrer's invitations of this person (matched by the blind index of their canonical email or
+of their phone) move from invited to signed_up and get the new member as referee. If none of them
+is for the program the sign-up came through (or the sign-up came through a plain code and matched
+no invitation), a referral is created in signed_up. Invitations of the same person by other members
+stay as they are and expire: the attribution (last click wins) decided the referrer.
+
+Idempotent: the consumer framework handles an event once, and a replay finds the invitations no
+longer invited and the created referral already there (by attribution id)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from referloop.core.db import utcnow
+from referloop.core.errors import NotFound
+from referloop.identity.service.accounts import get_user
+from referloop.referrals.lifecycle.models import Referral, ReferralSource, ReferralState
+from referloop.referrals.lifecycle.service import states
+from referloop.referrals.lifecycle.service.leads import email_index, masked_name, phone_index
+from referloop.referrals.service.catalogue import get_program
+from referloop.runtime import Runtime
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+async def on_signup_attributed(
+    session: AsyncSession, rt: Runtime, payload: dict[str, Any]
+) -> list[uuid.UUID]:
+    """Returns the ids of the referrals now in signed_up for this sign-up."""
+    referee_id, referrer_id = _uuid(payload.get("referee_id")), _uuid(payload.get("referrer_id"))
+    attribution_id = _uuid(payload.get("attribution_id"))
+    if referee_id is None or referrer_id is None or referee_id == referrer_id:
+        return []
+    try:
+        referee = await get_user(session, referee_id)
+    except NotFound:
+        return []  # closed before the event was handled
+    program_id, click_id = _uuid(payload.get("program_id")), _uuid(payload.get("click_id"))
+    try:
+        at = datetime.fromisoformat(str(payload.get("attributed_at")))
+    except ValueError:
+        at = utcnow()
+    via = "a share link" if payload.get("via") == "click" else "a referral code"
+    ei = email_index(rt, referee.email) if referee.email else None
+    pi = phone_index(rt, referee.phone) if referee.phone else None
+
+    done: list[uuid.UUID] = []
+    same_person = [
+        c
+        for c in (Referral.email_index == ei if ei else None, Referral.phone_index == pi if pi else None)
+        if c is not None
+    ]
+    if same_person:
+        invited = list(
+            await session.scalars(
+                select(Referral)
+                .where(
+                    Referral.member_id == referrer_id,
+                    Referral.referee_id.is_(None),
+                    or_(
+                        Referral.state == ReferralState.invited.value,
+                        and_(
+                            Referral.state == ReferralState.fraud_hold.value,
+                            Referral.held_from_state == ReferralState.invited.value,
+                        ),
+                    ),
+                    or_(*same_person),
+                )
+                .order_by(Referral.id)
+                .with_for_update()
+            )
+        )
+        for referral in invited:
+            referral.referee_id = referee.id
+            referral.attribution_id = attribution_id
+            referral.click_id = click_id or referral.click_id
+            referral.email_index = referral.email_index or ei
+            referral.phone_index = referral.phone_index or pi
+            await states.transition(
+                session,
+                referral,
+                ReferralState.signed_up,
+                actor=states.SYSTEM,
+                reason=f"signed up through {via}",
+                at=at,
+            )
+            done.append(referral.id)
+        covered = {r.program_id for r in invited}
+    else:
+        covered = set()
+
+    if (program_id is not None and program_id not in covered) or (program_id is None and not done):
+        if attribution_id is not None:
+            existing = await session.scalar(
+                select(Referral.id).where(
+                    Referral.attribution_id == attribution_id, Referral.source == ReferralSource.signup.value
+                )
+            )
+            if existing is not None:
+                return [*done, existing]
+        university_id = None
+        if program_id is not None:
+            program, _ = await get_program(session, program_id, include_retired=True)
+            university_id = program.university_id
+        now = utcnow()
+        referral = Referral(
+            member_id=referrer_id,
+            referee_id=referee.id,
+            program_id=program_id,
+            university_id=university_id,
+            campaign_id=_uuid(payload.get("campaign_id")),  # chosen by attribution for this program
+            campaign_chosen_at=at if program_id else None,
+            state=ReferralState.signed_up.value,
+            source=ReferralSource.signup.value,
+            attribution_id=attribution_id,
+            click_id=click_id,
+            referee_label=masked_name(referee.display_name),
+            email_index=ei,
+            phone_index=pi,
+            locale=referee.locale,
+            signed_up_at=at,
+            state_changed_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(referral)
+        await session.flush()
+        await states.record_created(
+            session, referral, actor=states.SYSTEM, reason=f"signed up through {via}", ctx=None, at=at
+        )
+        done.append(referral.id)
+    return done

@@ -1,0 +1,375 @@
+"""The referral state machine: legal moves, and the one function that makes a move.
+
+    invited -> signed_up -> applied -> enrolled -> rewarded
+    exits: rejected (the partner), expired (an invitation past its window, by the worker),
+           reversed (the enrolment was cancelled), fraud_hold (staff)
+
+An invited lead may apply without signing up here (a partner reports the application), so
+invited -> applied is legal; a sign-up is never implied by a partner's report. A cancellation may
+arrive before the enrolment it cancels (reports come out of order), so any live state before
+enrolled may also move to reversed. Final states (rejected, expired, reversed) move nowhere.
+
+A fraud hold overlays the state: `held_from_state` keeps the state underneath, partner reports keep
+moving it while the hold lasts (nothing is lost), and lifting the hold returns to it. Rewards are
+not granted or released while a referral is on hold.
+
+Every move writes a history row, an audit row and an outbox event in the caller's transaction;
+reaching a milestone queues its rewards, and a reversal asks for the enrolment's rewards back."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from referloop.compliance import audit
+from referloop.core.context import RequestContext
+from referloop.core.db import utcnow
+from referloop.core.outbox import enqueue
+from referloop.referrals.lifecycle.errors import IllegalReferralTransition, ReferralNotFound
+from referloop.referrals.lifecycle.models import (
+    FINAL_STATES,
+    ActorType,
+    Referral,
+    ReferralEvent,
+    ReferralState,
+)
+from referloop.referrals.rewards.models import Milestone
+from referloop.referrals.rewards.service import queue as reward_queue
+
+CREATED_TOPIC = "referrals.referral_created"
+STATE_CHANGED_TOPIC = "referrals.state_changed"
+
+S = ReferralState
+CHAIN: tuple[ReferralState, ...] = (S.invited, S.signed_up, S.applied, S.enrolled, S.rewarded)
+
+TRANSITIONS: dict[ReferralState, frozenset[ReferralState]] = {
+    S.invited: frozenset({S.signed_up, S.applied, S.rejected, S.expired, S.reversed, S.fraud_hold}),
+    S.signed_up: frozenset({S.applied, S.rejected, S.reversed, S.fraud_hold}),
+    S.applied: frozenset({S.enrolled, S.rejected, S.reversed, S.fraud_hold}),
+    S.enrolled: frozenset({S.rewarded, S.reversed, S.fraud_hold}),
+    S.rewarded: frozenset({S.reversed, S.fraud_hold}),
+    S.rejected: frozenset(),
+    S.expired: frozenset(),
+    S.reversed: frozenset(),
+    S.fraud_hold: frozenset(),  # only lifted (back to held_from_state)
+}
+
+LIFT_HOLD = "lift_hold"
+_STAMPS = {
+    S.invited: "invited_at",
+    S.signed_up: "signed_up_at",
+    S.applied: "applied_at",
+    S.enrolled: "enrolled_at",
+    S.rewarded: "rewarded_at",
+}
+_MILESTONES = {S.signed_up: Milestone.signed_up, S.applied: Milestone.applied, S.enrolled: Milestone.enrolled}
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    type: ActorType
+    id: uuid.UUID | None = None
+
+
+SYSTEM = Actor(ActorType.system)
+
+
+def underlying_state(referral: Referral) -> ReferralState:
+    """The state a fraud hold keeps underneath, or the state itself."""
+    return ReferralState(referral.held_from_state or referral.state)
+
+
+def allowed_moves(referral: Referral) -> list[str]:
+    if referral.state == S.fraud_hold.value:
+        return [LIFT_HOLD]
+    return sorted(s.value for s in TRANSITIONS[ReferralState(referral.state)])
+
+
+def rank(state: ReferralState) -> int:
+    return CHAIN.index(state) if state in CHAIN else -1
+
+
+def forward_path(current: ReferralState, target: ReferralState) -> list[ReferralState]:
+    """The states a partner's report passes through from `current` to `target` on the main chain,
+    never implying a sign-up (invited -> enrolled is [applied, enrolled])."""
+    if current not in CHAIN or target not in CHAIN or rank(target) <= rank(current):
+        return []
+    return [s for s in CHAIN[rank(current) + 1 : rank(target) + 1] if s is not S.signed_up]
+
+
+async def lock_referral(session: AsyncSession, referral_id: uuid.UUID) -> Referral:
+    referral = await session.scalar(
+        select(Referral)
+        .where(Referral.id == referral_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if referral is None:
+        raise ReferralNotFound("No such referral.")
+    return referral
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def event_base(referral: Referral) -> dict[str, Any]:
+    return {
+        "referral_id": str(referral.id),
+        "referrer_id": str(referral.member_id),
+        "program_id": str(referral.program_id) if referral.program_id else None,
+        "university_id": str(referral.university_id) if referral.university_id else None,
+        "campaign_id": str(referral.campaign_id) if referral.campaign_id else None,
+    }
+
+
+async def _history(
+    session: AsyncSession,
+    referral: Referral,
+    from_state: str | None,
+    to_state: str,
+    actor: Actor,
+    reason: str,
+    at: datetime,
+) -> None:
+    session.add(
+        ReferralEvent(
+            referral_id=referral.id,
+            member_id=referral.member_id,
+            from_state=from_state,
+            to_state=to_state,
+            actor_type=actor.type.value,
+            actor_id=actor.id,
+            reason=reason[:500],
+            occurred_at=at,
+        )
+    )
+    await session.flush()
+
+
+async def record_created(
+    session: AsyncSession,
+    referral: Referral,
+    *,
+    actor: Actor,
+    reason: str,
+    ctx: RequestContext | None,
+    at: datetime | None = None,
+) -> None:
+    """History, audit and `referrals.referral_created` for a referral just added (and flushed)."""
+    now = utcnow()
+    at = min(at or referral.created_at or now, now)
+    await _history(session, referral, None, referral.state, actor, reason, at)
+    await audit.record(
+        session,
+        action="referrals.referral_created",
+        actor_id=actor.id,
+        actor_type=actor.type.value,
+        target_type="referral",
+        target_id=referral.id,
+        after={
+            "state": referral.state,
+            "source": referral.source,
+            "program_id": str(referral.program_id) if referral.program_id else None,
+            "campaign_id": str(referral.campaign_id) if referral.campaign_id else None,
+            "reason": reason,
+        },
+        ctx=ctx,
+    )
+    await enqueue(session, CREATED_TOPIC, {**event_base(referral), "state": referral.state, "at": _iso(at)})
+    milestone = _MILESTONES.get(ReferralState(referral.state))
+    if milestone is not None:
+        await reward_queue.queue_milestone(session, referral, milestone, at)
+
+
+def _stamp(referral: Referral, state: ReferralState, at: datetime) -> None:
+    column = _STAMPS.get(state)
+    if column and getattr(referral, column) is None:
+        setattr(referral, column, at)
+    if state in FINAL_STATES:
+        referral.closed_at = at
+    if state is not S.invited:
+        referral.expires_at = None
+
+
+async def transition(
+    session: AsyncSession,
+    referral: Referral,
+    to: ReferralState,
+    *,
+    actor: Actor,
+    reason: str,
+    ctx: RequestContext | None = None,
+    at: datetime | None = None,
+) -> None:
+    """Move a (locked) referral one step. Illegal moves raise IllegalReferralTransition (409) before
+    anything is written. On a referral under fraud hold the move applies to the state underneath."""
+    if to is S.fraud_hold:
+        raise ValueError("use put_on_hold")
+    now = utcnow()
+    at = min(at or now, now)  # a partner's clock may run ahead; history never lies about the future
+    current = underlying_state(referral)
+    if to not in TRANSITIONS[current]:
+        raise IllegalReferralTransition(current.value, to.value, [s.value for s in TRANSITIONS[current]])
+    held = referral.state == S.fraud_hold.value
+    if held:
+        referral.held_from_state = to.value
+        reason = f"{reason} (while on fraud hold)"
+    else:
+        referral.state = to.value
+    referral.state_changed_at = now
+    _stamp(referral, to, at)
+    await session.flush()
+    await _history(session, referral, current.value, to.value, actor, reason, at)
+    await audit.record(
+        session,
+        action="referrals.referral_state_changed",
+        actor_id=actor.id,
+        actor_type=actor.type.value,
+        target_type="referral",
+        target_id=referral.id,
+        before={"state": current.value},
+        after={"state": to.value, "reason": reason, "on_hold": held},
+        ctx=ctx,
+    )
+    await enqueue(
+        session,
+        STATE_CHANGED_TOPIC,
+        {
+            **event_base(referral),
+            "from_state": current.value,
+            "to_state": to.value,
+            "at": _iso(at),
+            "reason": reason,
+        },
+    )
+    milestone = _MILESTONES.get(to)
+    if milestone is not None:
+        await reward_queue.queue_milestone(session, referral, milestone, at)
+    if to is S.reversed:
+        await reward_queue.request_reversal(session, referral.id, now)
+
+
+async def note(
+    session: AsyncSession,
+    referral: Referral,
+    *,
+    actor: Actor,
+    reason: str,
+    ctx: RequestContext | None = None,
+    at: datetime | None = None,
+) -> None:
+    """A history row (and audit) for news that does not change the state, e.g. an accepted application."""
+    now = utcnow()
+    current = underlying_state(referral).value
+    await _history(session, referral, current, current, actor, reason, min(at or now, now))
+    await audit.record(
+        session,
+        action="referrals.referral_noted",
+        actor_id=actor.id,
+        actor_type=actor.type.value,
+        target_type="referral",
+        target_id=referral.id,
+        after={"state": current, "reason": reason},
+        ctx=ctx,
+    )
+
+
+async def advance(
+    session: AsyncSession,
+    referral: Referral,
+    target: ReferralState,
+    *,
+    actor: Actor,
+    reason: str,
+    ctx: RequestContext | None = None,
+    at: datetime | None = None,
+) -> list[ReferralState]:
+    """Move forward along the chain to `target`, through any state in between (each its own history
+    row, milestone and event). Returns the states passed."""
+    path = forward_path(underlying_state(referral), target)
+    for step in path:
+        why = reason if step is target else f"implied by: {reason}"
+        await transition(session, referral, step, actor=actor, reason=why, ctx=ctx, at=at)
+    return path
+
+
+async def _hold_audit(
+    session: AsyncSession,
+    referral: Referral,
+    action: str,
+    before: str,
+    after: str,
+    actor: Actor,
+    reason: str,
+    ctx: RequestContext | None,
+    now: datetime,
+) -> None:
+    await _history(session, referral, before, after, actor, reason, now)
+    await audit.record(
+        session,
+        action=action,
+        actor_id=actor.id,
+        actor_type=actor.type.value,
+        target_type="referral",
+        target_id=referral.id,
+        before={"state": before},
+        after={"state": after, "reason": reason},
+        ctx=ctx,
+    )
+    await enqueue(
+        session,
+        STATE_CHANGED_TOPIC,
+        {
+            **event_base(referral),
+            "from_state": before,
+            "to_state": after,
+            "at": _iso(now),
+            "reason": reason,
+        },
+    )
+
+
+async def put_on_hold(
+    session: AsyncSession, referral: Referral, *, actor: Actor, reason: str, ctx: RequestContext | None
+) -> None:
+    current = ReferralState(referral.state)
+    if S.fraud_hold not in TRANSITIONS[current]:
+        raise IllegalReferralTransition(current.value, S.fraud_hold.value, allowed_moves(referral))
+    now = utcnow()
+    referral.held_from_state = current.value
+    referral.state = S.fraud_hold.value
+    referral.state_changed_at = now
+    await session.flush()
+    await _hold_audit(
+        session,
+        referral,
+        "referrals.fraud_hold_placed",
+        current.value,
+        S.fraud_hold.value,
+        actor,
+        reason,
+        ctx,
+        now,
+    )
+
+
+async def lift_hold(
+    session: AsyncSession, referral: Referral, *, actor: Actor, reason: str, ctx: RequestContext | None
+) -> None:
+    if referral.state != S.fraud_hold.value or referral.held_from_state is None:
+        raise IllegalReferralTransition(referral.state, LIFT_HOLD, allowed_moves(referral))
+    now = utcnow()
+    back = referral.held_from_state
+    referral.state = back
+    referral.held_from_state = None
+    referral.state_changed_at = now
+    await session.flush()
+    await _hold_audit(
+        session, referral, "referrals.fraud_hold_lifted", S.fraud_hold.value, back, actor, reason, ctx, now
+    )

@@ -1,0 +1,131 @@
+"""Spent counters with their guard in SQL: a limit holds whatever runs at once.
+
+Each counter moves in one statement that inserts or adds, but only while the result stays within
+the limit (`... DO UPDATE ... WHERE value + :x <= :limit RETURNING`): no row back means the limit
+would be passed and nothing changed. The row lock the statement takes orders concurrent grants;
+callers take counters first, then the ledger, then the campaign budget, so locks never cross."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from referloop.referrals.models import BudgetPeriod
+
+# Periods are calendar periods in UTC; `campaign` is the campaign's whole life (from starts_at).
+
+
+def period_start(period: BudgetPeriod | str, at: datetime, campaign_starts_at: datetime) -> datetime:
+    at = at.astimezone(UTC)
+    day = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    match BudgetPeriod(period):
+        case BudgetPeriod.day:
+            return day
+        case BudgetPeriod.week:
+            return day - timedelta(days=day.weekday())  # ISO weeks start on Monday
+        case BudgetPeriod.month:
+            return day.replace(day=1)
+        case BudgetPeriod.year:
+            return day.replace(month=1, day=1)
+        case BudgetPeriod.campaign:
+            return campaign_starts_at.astimezone(UTC)
+
+
+_BUMP = text("""
+INSERT INTO reward_counters AS c (campaign_id, member_id, counter, period_start, value)
+VALUES (:campaign_id, :member_id, :counter, :period_start, :delta)
+ON CONFLICT (campaign_id, member_id, counter, period_start)
+DO UPDATE SET value = c.value + EXCLUDED.value
+WHERE CAST(:limit AS bigint) IS NULL OR c.value + EXCLUDED.value <= CAST(:limit AS bigint)
+RETURNING value
+""")
+
+_UNBUMP = text("""
+UPDATE reward_counters SET value = greatest(value - :delta, 0)
+WHERE campaign_id = :campaign_id AND member_id = :member_id AND counter = :counter
+  AND period_start = :period_start
+""")
+
+
+async def bump_counter(
+    session: AsyncSession,
+    *,
+    campaign_id: uuid.UUID,
+    member_id: uuid.UUID,
+    counter: str,
+    period_start: datetime,
+    delta: int,
+    limit: int | None,
+) -> int | None:
+    """Add `delta`; the new value, or None if it would pass `limit` (then nothing changed)."""
+    if limit is not None and delta > limit:
+        return None
+    value = await session.scalar(
+        _BUMP,
+        {
+            "campaign_id": campaign_id,
+            "member_id": member_id,
+            "counter": counter,
+            "period_start": period_start,
+            "delta": delta,
+            "limit": limit,
+        },
+    )
+    return int(value) if value is not None else None
+
+
+async def unbump_counter(
+    session: AsyncSession,
+    *,
+    campaign_id: uuid.UUID,
+    member_id: uuid.UUID,
+    counter: str,
+    period_start: datetime,
+    delta: int,
+) -> None:
+    await session.execute(
+        _UNBUMP,
+        {
+            "campaign_id": campaign_id,
+            "member_id": member_id,
+            "counter": counter,
+            "period_start": period_start,
+            "delta": delta,
+        },
+    )
+
+
+# The budget guard: the campaign's total is passed in (read in this transaction); NULL means no cap.
+_SPEND = text("""
+INSERT INTO campaign_budgets AS b (campaign_id, spent, rewards, updated_at)
+SELECT :campaign_id, :amount, 1, now()
+WHERE CAST(:total AS bigint) IS NULL OR :amount <= CAST(:total AS bigint)
+ON CONFLICT (campaign_id)
+DO UPDATE SET spent = b.spent + EXCLUDED.spent, rewards = b.rewards + 1, updated_at = now()
+WHERE CAST(:total AS bigint) IS NULL OR b.spent + EXCLUDED.spent <= CAST(:total AS bigint)
+RETURNING spent
+""")
+
+_REFUND = text("""
+UPDATE campaign_budgets SET spent = spent - :amount, rewards = rewards - 1, updated_at = now()
+WHERE campaign_id = :campaign_id
+""")
+
+_SPENT = text("SELECT spent FROM campaign_budgets WHERE campaign_id = :campaign_id")
+
+
+async def spend_budget(session: AsyncSession, campaign_id: uuid.UUID, amount: int, total: int | None) -> bool:
+    """Charge `amount` to the campaign's budget unless that would pass `total`."""
+    spent = await session.scalar(_SPEND, {"campaign_id": campaign_id, "amount": amount, "total": total})
+    return spent is not None
+
+
+async def refund_budget(session: AsyncSession, campaign_id: uuid.UUID, amount: int) -> None:
+    await session.execute(_REFUND, {"campaign_id": campaign_id, "amount": amount})
+
+
+async def budget_spent(session: AsyncSession, campaign_id: uuid.UUID) -> int:
+    return int(await session.scalar(_SPENT, {"campaign_id": campaign_id}) or 0)

@@ -1,0 +1,152 @@
+"""The worker's reward jobs: take reversals back, grant queued rewards, release rewards whose hold
+is over. Each reward is handled in its own transaction; rows another worker holds are skipped
+(SKIP LOCKED), so every worker can run every job at once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from referloop.core.db import utcnow
+from referloop.referrals.lifecycle.models import Referral, ReferralState
+from referloop.referrals.rewards.models import Reward, RewardStatus
+from referloop.referrals.rewards.service import grant, settle
+from referloop.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_BATCH = 200
+CONCURRENCY = 8
+
+_LIVE_FOR_REVERSAL = (RewardStatus.queued.value, RewardStatus.pending.value, RewardStatus.released.value)
+
+
+@dataclass
+class JobReport:
+    reversed: int = 0
+    granted: int = 0
+    skipped: int = 0
+    released: int = 0
+    failed: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.reversed + self.granted + self.skipped + self.released
+
+
+async def due_reversals(session: AsyncSession, limit: int) -> list[uuid.UUID]:
+    rows = await session.scalars(
+        select(Reward.id)
+        .where(Reward.reversal_requested_at.is_not(None), Reward.status.in_(_LIVE_FOR_REVERSAL))
+        .order_by(Reward.reversal_requested_at)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def queued_rewards(
+    session: AsyncSession, limit: int, referral_ids: Sequence[uuid.UUID] | None = None
+) -> list[uuid.UUID]:
+    stmt = (
+        select(Reward.id)
+        .join(Referral, Referral.id == Reward.referral_id)
+        .where(Reward.status == RewardStatus.queued.value, Referral.state != ReferralState.fraud_hold.value)
+        .order_by(Reward.id)
+        .limit(limit)
+    )
+    if referral_ids is not None:
+        stmt = stmt.where(Reward.referral_id.in_(referral_ids))
+    return list(await session.scalars(stmt))
+
+
+async def due_releases(session: AsyncSession, limit: int, now: datetime) -> list[uuid.UUID]:
+    rows = await session.scalars(
+        select(Reward.id)
+        .join(Referral, Referral.id == Reward.referral_id)
+        .where(
+            Reward.status == RewardStatus.pending.value,
+            Reward.release_at <= now,
+            Reward.reversal_requested_at.is_(None),
+            Referral.state != ReferralState.fraud_hold.value,
+        )
+        .order_by(Reward.release_at)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def _each(
+    rt: Runtime,
+    ids: Sequence[uuid.UUID],
+    work: Callable[[AsyncSession, uuid.UUID], Awaitable[str | None]],
+    concurrency: int,
+) -> list[str | None]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(reward_id: uuid.UUID) -> str | None:
+        async with gate:
+            try:
+                async with rt.db.sessionmaker() as session, session.begin():
+                    return await work(session, reward_id)
+            except DBAPIError as exc:  # a deadlock or serialization failure: the next run retries
+                log.warning("reward_job_failed", reward_id=str(reward_id), error=str(exc.orig)[:300])
+                return "failed"
+
+    return list(await asyncio.gather(*(one(i) for i in ids)))
+
+
+async def run_once(
+    rt: Runtime,
+    *,
+    limit: int = DEFAULT_BATCH,
+    now: datetime | None = None,
+    concurrency: int = CONCURRENCY,
+    referral_ids: Sequence[uuid.UUID] | None = None,
+) -> JobReport:
+    """One pass of the three jobs. `now` moves the release clock (tests, replays)."""
+    report = JobReport()
+    now = now or utcnow()
+    async with rt.db.sessionmaker() as session:
+        reversal_ids = await due_reversals(session, limit)
+    for outcome in await _each(
+        rt, reversal_ids, lambda s, i: settle.reverse(s, i, skip_locked=True), concurrency
+    ):
+        report.reversed += outcome not in (None, "failed")
+        report.failed += outcome == "failed"
+    async with rt.db.sessionmaker() as session:
+        grant_ids = await queued_rewards(session, limit, referral_ids)
+    for outcome in await _each(rt, grant_ids, lambda s, i: grant.grant(s, i, skip_locked=True), concurrency):
+        if outcome == RewardStatus.pending.value:
+            report.granted += 1
+        elif outcome == "failed":
+            report.failed += 1
+        elif outcome not in (None, "held"):
+            report.skipped += 1
+    async with rt.db.sessionmaker() as session:
+        release_ids = await due_releases(session, limit, now)
+    for outcome in await _each(
+        rt, release_ids, lambda s, i: settle.release(s, i, now=now, skip_locked=True), concurrency
+    ):
+        report.released += outcome == RewardStatus.released.value
+        report.failed += outcome == "failed"
+    return report
+
+
+async def run_until_idle(rt: Runtime, *, now: datetime | None = None, max_rounds: int = 50) -> JobReport:
+    """Run passes until one does nothing (tests and `referloop rewards run`)."""
+    total = JobReport()
+    for _ in range(max_rounds):
+        report = await run_once(rt, now=now)
+        for field in ("reversed", "granted", "skipped", "released", "failed"):
+            setattr(total, field, getattr(total, field) + getattr(report, field))
+        if report.total == 0:
+            break
+    return total
