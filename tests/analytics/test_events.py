@@ -226,3 +226,20 @@ async def test_a_signup_credited_by_code_alone_counts_for_the_referrer(
     await deliver(runtime, CREATED, ref.created("signed_up", days_ago(1)))
     body = await staff_funnel(client, admin.access_token, referrer_id=ref.referrer_id)
     assert body["totals"]["signed_up"] == 1
+
+
+async def test_a_program_named_later_takes_the_referrals_earlier_steps_along(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Admin
+):
+    ref = Referral(program_id=None, university_id=None, campaign_id=None)
+    await deliver(runtime, CREATED, ref.created("signed_up", days_ago(3)))
+    # The partner's application report names the program (the lifecycle adopts it).
+    named = Referral(
+        ref.referrer_id, str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()), ref.referral_id
+    )
+    await deliver(runtime, CHANGED, named.changed("signed_up", "applied", days_ago(1)))
+    body = await staff_funnel(client, admin.access_token, program_id=named.program_id)
+    assert (body["totals"]["signed_up"], body["totals"]["applied"]) == (1, 1)
+    assert body["median_seconds"]["signed_up_to_applied"] == 2 * 86400.0
+    whole = await staff_funnel(client, admin.access_token, referrer_id=ref.referrer_id)
+    assert (whole["totals"]["signed_up"], whole["totals"]["applied"]) == (1, 1)  # moved, not copied

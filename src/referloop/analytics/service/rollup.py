@@ -113,8 +113,38 @@ async def record_step(
     return True
 
 
+async def _adopt_program(session: AsyncSession, key: ReferralKey) -> None:
+    """A sign-up credited by code alone has no program until a partner's report names one: its
+    milestones so far move from the no-program rows to the program's (and campaign's) rows."""
+    if key.program_id is None:
+        return
+    homeless = (
+        await session.scalars(
+            select(Milestone)
+            .where(Milestone.referral_id == key.referral_id, Milestone.program_id.is_(None))
+            .order_by(Milestone.step)
+            .with_for_update()
+        )
+    ).all()
+    if not homeless:
+        return
+    for m in homeless:
+        step = Step(m.step)
+        await _add_to_day(session, m.day, None, m.campaign_id, m.referrer_id, None, step, -1)
+        await _add_to_day(
+            session, m.day, key.program_id, key.campaign_id, m.referrer_id, key.university_id, step, 1
+        )
+    await session.execute(
+        update(Milestone)
+        .where(Milestone.referral_id == key.referral_id, Milestone.program_id.is_(None))
+        .values(program_id=key.program_id, university_id=key.university_id, campaign_id=key.campaign_id)
+        .execution_options(synchronize_session=False)
+    )
+
+
 async def record_reached(session: AsyncSession, key: ReferralKey, step: Step, at: datetime) -> None:
     """A referral reached `step`: record it, and the funnel steps before it as implied ones."""
+    await _adopt_program(session, key)
     if step in FUNNEL:
         for earlier in FUNNEL[: FUNNEL.index(step)]:
             await record_step(session, key, earlier, at, implied=True)
