@@ -52,6 +52,9 @@ from bench.common import (
 
 NAME = "identity"
 CONNECTIONS = 64
+# The saturation runs take turns (baseline, me, refresh, baseline, ...) in this many rounds, so that
+# other work on the machine weighs on each alike and the ratios hold even where the rps do not.
+ROUNDS = 3
 FIXED_RATE = 1000.0
 TARGET_ME_VS_BASELINE = 0.60
 TARGET_ME_P99_MS = 25.0
@@ -233,12 +236,14 @@ def refresh_slices(tokens: list[str], plan: Plan) -> dict[str, list[str]]:
     if rest < len(tokens) // 4:
         raise ValueError(f"{len(tokens)} refresh tokens cannot cover two fixed-rate runs of {fixed_need}")
     warm = rest // 4
-    return {
-        "warmup": tokens[:warm],
-        "saturation": tokens[warm:rest],
-        "fixed": tokens[rest : rest + fixed_need],
-        "half": tokens[rest + fixed_need :],
-    }
+    per_round = (rest - warm) // ROUNDS
+    slices = {"warmup": tokens[:warm]}
+    for r in range(ROUNDS):
+        end = rest if r == ROUNDS - 1 else warm + (r + 1) * per_round
+        slices[f"saturation-{r}"] = tokens[warm + r * per_round : end]
+    slices["fixed"] = tokens[rest : rest + fixed_need]
+    slices["half"] = tokens[rest + fixed_need :]
+    return slices
 
 
 @dataclass
@@ -305,37 +310,38 @@ class Measured:
 def measure(
     server: Server, wrk: str | None, inputs: Inputs, plan: Plan, database_url: str
 ) -> dict[str, Measured]:
-    saturation: dict[str, LoadResult] = {}
     fixed: dict[str, LoadResult] = {}
     plans = [
-        ("baseline", inputs.baseline, inputs.baseline, inputs.baseline, inputs.baseline),
-        ("me", inputs.me, inputs.me, inputs.me, inputs.me),
+        ("baseline", inputs.baseline, [inputs.baseline] * ROUNDS, inputs.baseline, inputs.baseline),
+        ("me", inputs.me, [inputs.me] * ROUNDS, inputs.me, inputs.me),
         (
             "refresh",
             inputs.refresh["warmup"],
-            inputs.refresh["saturation"],
+            [inputs.refresh[f"saturation-{r}"] for r in range(ROUNDS)],
             inputs.refresh["fixed"],
             inputs.refresh["half"],
         ),
     ]
-    for name, warm, measured, _, _ in plans:
+    for name, warm, _, _, _ in plans:
         log(f"{name}: warm-up {plan.warmup_s:g}s at {CONNECTIONS} connections")
         run_saturation(wrk, warm, connections=CONNECTIONS, duration_s=plan.warmup_s)
-        log(f"{name}: {plan.saturation_s:g}s at {CONNECTIONS} connections")
-        cpu: dict[str, float] = {}
-        with measure_cpu(server, cpu, database_url):
-            result = run_saturation(wrk, measured, connections=CONNECTIONS, duration_s=plan.saturation_s)
-        result.server_cpu_cores = cpu["cores"]
-        if result.rps:
-            # CPU per request holds up better than rps on a machine others are using too
-            result.extra["server_cpu_us_per_request"] = round(cpu["cores"] / result.rps * 1e6)
-        if "db_connections" in cpu:
-            result.extra["db_connections_opened"] = int(cpu["db_connections"])
-        saturation[name] = result
+    parts: dict[str, list[tuple[LoadResult, dict[str, float]]]] = {name: [] for name, *_ in plans}
+    per_round = plan.saturation_s / ROUNDS
+    for r in range(ROUNDS):
+        for name, _, per_round_workloads, _, _ in plans:
+            log(f"{name}: {per_round:g}s at {CONNECTIONS} connections (round {r + 1} of {ROUNDS})")
+            cpu: dict[str, float] = {}
+            with measure_cpu(server, cpu, database_url):
+                part = run_saturation(
+                    wrk, per_round_workloads[r], connections=CONNECTIONS, duration_s=per_round
+                )
+            parts[name].append((part, cpu))
+    saturation = {name: combine_rounds(rounds) for name, rounds in parts.items()}
+    for name, result in saturation.items():
         log(
             f"{name}: {result.rps:,.0f} rps, p99 {fmt(result.p99_ms)} ms, errors {result.errors}, "
-            f"non-2xx {result.bad_status}, server CPU {cpu['cores']} cores, "
-            f"DB connections opened {cpu.get('db_connections', '?')}"
+            f"non-2xx {result.bad_status}, server CPU {result.server_cpu_cores} cores, "
+            f"DB connections opened {result.extra.get('db_connections_opened', '?')}"
         )
     half: dict[str, LoadResult | None] = {}
     for name, _, _, at_rate, at_half in plans:
@@ -347,6 +353,41 @@ def measure(
             fixed_rate_run(server, name, at_half, half_rate, plan) if 10 <= half_rate < FIXED_RATE else None
         )
     return {name: Measured(saturation[name], fixed[name], half[name]) for name in saturation}
+
+
+def combine_rounds(rounds: list[tuple[LoadResult, dict[str, float]]]) -> LoadResult:
+    """One saturation figure from its rounds: requests over time for rps, the median round for
+    percentiles, sums for errors, and the server's CPU weighted by each round's length."""
+    results = [r for r, _ in rounds]
+    duration = sum(r.duration_s for r in results)
+    requests = sum(r.requests for r in results)
+
+    def median(values: list[float | None]) -> float | None:
+        present = sorted(v for v in values if v is not None)
+        return present[len(present) // 2] if present else None
+
+    combined = LoadResult(
+        tool=results[0].tool,
+        requests=requests,
+        duration_s=round(duration, 3),
+        rps=round(requests / duration, 1) if duration else 0.0,
+        p50_ms=median([r.p50_ms for r in results]),
+        p95_ms=median([r.p95_ms for r in results]),
+        p99_ms=median([r.p99_ms for r in results]),
+        max_ms=max((r.max_ms for r in results if r.max_ms is not None), default=None),
+        errors=sum(r.errors for r in results),
+        bad_status=sum(r.bad_status for r in results),
+        exhausted=any(r.exhausted for r in results),
+    )
+    cores = sum(cpu["cores"] * r.duration_s for r, cpu in rounds) / duration if duration else 0.0
+    combined.server_cpu_cores = round(cores, 2)
+    if combined.rps:
+        # CPU per request holds up better than rps on a machine others are using too
+        combined.extra["server_cpu_us_per_request"] = round(cores / combined.rps * 1e6)
+    if all("db_connections" in cpu for _, cpu in rounds):
+        combined.extra["db_connections_opened"] = int(sum(cpu["db_connections"] for _, cpu in rounds))
+    combined.extra["rounds_rps"] = [round(r.rps, 1) for r in results]
+    return combined
 
 
 def fixed_rate_run(server: Server, name: str, workload: Workload, rate: float, plan: Plan) -> LoadResult:
@@ -431,6 +472,7 @@ def results_document(
             "api_workers": 1,
             "connections": CONNECTIONS,
             "saturation_seconds": plan.saturation_s,
+            "saturation_rounds": ROUNDS,
             "saturation_tool": "wrk" if wrk else "python-closed-loop (aiohttp)",
             "fixed_rate_rps": FIXED_RATE,
             "fixed_rate_seconds": plan.fixed_s,
@@ -470,7 +512,8 @@ def markdown_section(doc: dict[str, Any]) -> str:
         f"- Machine: {machine_line(doc['machine'])}",
         f"- Setup: {setup['members']:,} seeded members, one API worker (`referloop serve --workers 1`), "
         f"PostgreSQL, Redis and the load generators on the same machine. Saturation: "
-        f"{setup['connections']} connections for {setup['saturation_seconds']:g} s ({setup['saturation_tool']}). "
+        f"{setup['connections']} connections for {setup['saturation_seconds']:g} s ({setup['saturation_tool']}), "
+        f"in {setup['saturation_rounds']} rounds taken in turn by the three workloads. "
         f"Latency: a fixed {setup['fixed_rate_rps']:,.0f} rps for {setup['fixed_rate_seconds']:g} s "
         f"({setup['fixed_rate_tool']}), measured from each request's intended send time; where that is "
         "past the route's capacity, also at half its saturation rate.",

@@ -17,6 +17,7 @@ from bench import identity
 from bench.__main__ import BENCHMARKS
 from bench.common import (
     LUA_SCRIPT,
+    LoadResult,
     Workload,
     parse_wrk_output,
     percentile,
@@ -131,6 +132,23 @@ class TestHelpers:
         assert sum(len(s) for s in slices.values()) == len(tokens)
         assert len(set().union(*map(set, slices.values()))) == len(tokens)
         assert len(slices["fixed"]) >= identity.FIXED_RATE * (plan.fixed_s + plan.fixed_warmup_s)
+
+    def test_saturation_rounds_combine_into_one_figure(self) -> None:
+        rounds = [
+            (
+                LoadResult("wrk", requests=1000, duration_s=5.0, rps=200.0, p99_ms=30.0, errors=1),
+                {"cores": 1.0},
+            ),
+            (LoadResult("wrk", requests=2000, duration_s=5.0, rps=400.0, p99_ms=10.0), {"cores": 0.5}),
+            (LoadResult("wrk", requests=1500, duration_s=5.0, rps=300.0, p99_ms=20.0), {"cores": 0.75}),
+        ]
+        combined = identity.combine_rounds(rounds)
+        assert combined.rps == 300.0  # all requests over all the time, not a mean of rates
+        assert combined.p99_ms == 20.0  # the median round
+        assert combined.errors == 1
+        assert combined.server_cpu_cores == 0.75
+        assert combined.extra["server_cpu_us_per_request"] == 2500
+        assert combined.extra["rounds_rps"] == [200.0, 400.0, 300.0]
 
     def test_collapsed_stacks_summary(self) -> None:
         text = "main (app.py:1);handler (routes.py:9);query (db.py:3) 6\nmain (app.py:1);handler (routes.py:9) 4\n"
