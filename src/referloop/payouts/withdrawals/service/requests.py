@@ -74,6 +74,7 @@ async def create_withdrawal(
             available=balance.available,
         ) from exc
 
+    automatic = data.amount < rules.auto_approve_below
     withdrawal = Withdrawal(
         id=withdrawal_id,
         member_id=member_id,
@@ -83,7 +84,9 @@ async def create_withdrawal(
         payout_method_id=method.id,
         method_kind=method.kind,
         method_masked=method.masked,
-        state=WithdrawalState.requested.value,
+        # Below the threshold it is approved as it is created: one INSERT, not an INSERT and an UPDATE.
+        state=(WithdrawalState.approved if automatic else WithdrawalState.requested).value,
+        approved_at=now if automatic else None,
         provider=provider.value,
         attempt=1,
         hold_transfer_id=transfer_id,
@@ -92,16 +95,12 @@ async def create_withdrawal(
     )
     session.add(withdrawal)
     await session.flush()
-    actor = Actor(member_id, "member", ctx)
-    await record_created(session, withdrawal, actor)
-    if data.amount < rules.auto_approve_below:
-        await transition(
-            session,
-            withdrawal,
-            WithdrawalState.approved,
-            Actor(None, "system", ctx),
-            details={"automatic": True, "below": rules.auto_approve_below},
-        )
+    await record_created(
+        session,
+        withdrawal,
+        Actor(member_id, "member", ctx),
+        approved_by=Actor(None, "system", ctx) if automatic else None,
+    )
     return withdrawal
 
 

@@ -59,11 +59,11 @@ def ensure_allowed(withdrawal: Withdrawal, to: WithdrawalState) -> None:
         raise IllegalTransition(current.value, to.value, (s.value for s in ALLOWED[current]))
 
 
-def event_payload(withdrawal: Withdrawal) -> dict[str, Any]:
+def event_payload(withdrawal: Withdrawal, state: WithdrawalState | None = None) -> dict[str, Any]:
     return {
         "withdrawal_id": str(withdrawal.id),
         "member_id": str(withdrawal.member_id),
-        "state": withdrawal.state,
+        "state": state.value if state else withdrawal.state,
         "attempt": withdrawal.attempt,
         "amount": withdrawal.amount,
         "currency": withdrawal.currency,
@@ -100,9 +100,20 @@ async def transition(
     )
 
 
-async def record_created(session: AsyncSession, withdrawal: Withdrawal, actor: Actor) -> None:
-    """The first state has no transition into it: announce and audit the request itself."""
-    await enqueue(session, topic(WithdrawalState.requested), event_payload(withdrawal))
+async def record_created(
+    session: AsyncSession, withdrawal: Withdrawal, actor: Actor, *, approved_by: Actor | None = None
+) -> None:
+    """Announce and audit a new withdrawal. With `approved_by`, it was approved as it was created
+    (below the auto-approval threshold): it is inserted approved, and the request and the approval
+    are still two events and two audit rows. The audit rows come last, so that the audit chain's
+    lock (held until commit) waits on as few statements as possible."""
+    await enqueue(
+        session, topic(WithdrawalState.requested), event_payload(withdrawal, WithdrawalState.requested)
+    )
+    if approved_by is not None:
+        if WithdrawalState.approved not in ALLOWED[WithdrawalState.requested]:  # pragma: no cover
+            raise IllegalTransition("requested", "approved", ())
+        await enqueue(session, topic(WithdrawalState.approved), event_payload(withdrawal))
     await audit.record(
         session,
         action="withdrawal.requested",
@@ -111,7 +122,7 @@ async def record_created(session: AsyncSession, withdrawal: Withdrawal, actor: A
         target_type="withdrawal",
         target_id=withdrawal.id,
         after={
-            "state": withdrawal.state,
+            "state": WithdrawalState.requested.value,
             "amount": withdrawal.amount,
             "fee": withdrawal.fee,
             "currency": withdrawal.currency,
@@ -120,3 +131,15 @@ async def record_created(session: AsyncSession, withdrawal: Withdrawal, actor: A
         },
         ctx=actor.ctx,
     )
+    if approved_by is not None:
+        await audit.record(
+            session,
+            action="withdrawal.approved",
+            actor_id=approved_by.id,
+            actor_type=approved_by.type,
+            target_type="withdrawal",
+            target_id=withdrawal.id,
+            before={"state": WithdrawalState.requested.value},
+            after={"state": WithdrawalState.approved.value, "attempt": withdrawal.attempt, "automatic": True},
+            ctx=approved_by.ctx,
+        )
