@@ -56,7 +56,9 @@ def worker_id_(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def database_url(worker_id_: str) -> Iterator[str]:
-    admin_url = _service_url("TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/postgres", 5432, "PostgreSQL")
+    admin_url = _service_url(
+        "TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/postgres", 5432, "PostgreSQL"
+    )
     if admin_url is None:
         from referloop.core.embedded import start_embedded_postgres
 

@@ -74,7 +74,15 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         )
     app.add_middleware(EdgeMiddleware, metrics=rt.metrics, access_log=rt.settings.access_log)
     app.include_router(referrals_redirect_router)  # first: the hottest route matches at once
-    for router in (system_router, identity_router, identity_staff_router, payout_methods_router, disputes_router, disputes_staff_router, wallet_router):
+    for router in (
+        system_router,
+        identity_router,
+        identity_staff_router,
+        payout_methods_router,
+        disputes_router,
+        disputes_staff_router,
+        wallet_router,
+    ):
         app.include_router(router)
     app.include_router(referrals_router)
     app.include_router(referrals_staff_router)

@@ -15,8 +15,9 @@ from referloop.config import Settings, get_settings
 from referloop.identity.models import Role
 from referloop.runtime import Runtime, resolve_service_urls
 
-app = typer.Typer(help="Referloop: referral-and-rewards backend.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Referloop: referral-and-rewards backend.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
@@ -92,8 +93,17 @@ def serve(
     os.environ["REFERLOOP_DATABASE_URL"] = settings.database_url
     os.environ["REFERLOOP_REDIS_URL"] = settings.redis_url
     typer.echo(f"Referloop API on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
-    uvicorn.run("referloop.asgi:app", host=host, port=port, workers=workers, loop="uvloop", http="httptools",
-                log_config=None, access_log=False, proxy_headers=False)
+    uvicorn.run(
+        "referloop.asgi:app",
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+    )
 
 
 @app.command()
@@ -136,10 +146,24 @@ def create_staff(
         from referloop.identity.service.accounts import create_user
 
         async with rt.db.sessionmaker() as session, session.begin():
-            user = await create_user(session, rt, email=normalize_email(email), phone=None, password=secret,
-                                     display_name=display_name, role=role)
-            await audit.record(session, action="staff.created", actor_id=None, actor_type="system",
-                               target_type="user", target_id=user.id, after={"role": role.value})
+            user = await create_user(
+                session,
+                rt,
+                email=normalize_email(email),
+                phone=None,
+                password=secret,
+                display_name=display_name,
+                role=role,
+            )
+            await audit.record(
+                session,
+                action="staff.created",
+                actor_id=None,
+                actor_type="system",
+                target_type="user",
+                target_id=user.id,
+                after={"role": role.value},
+            )
             return str(user.id)
 
     try:

@@ -114,7 +114,9 @@ class Settings(BaseSettings):
     # Referrals: share links, clicks and attribution
     referral_attribution_window_days: int = Field(default=30, ge=1, le=365)  # when no campaign sets one
     referral_link_cache_ttl_seconds: int = Field(default=300, ge=1, le=86400)
-    click_ip_salt: SecretStr = SecretStr("")  # HMAC key for hashed click IPs; derived from field keys if empty
+    click_ip_salt: SecretStr = SecretStr(
+        ""
+    )  # HMAC key for hashed click IPs; derived from field keys if empty
     click_country_header: str = "cf-ipcountry"
     click_cookie_name: str = "rl_click"
     click_flush_batch_size: int = Field(default=1000, ge=1, le=10000)

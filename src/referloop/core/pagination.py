@@ -70,9 +70,7 @@ def paginate_by_time_desc(
             last_time, last_id = datetime.fromisoformat(values[0]), uuid.UUID(values[1])
         except (ValueError, IndexError) as exc:
             raise InvalidInput("The cursor is not one this API returned.") from exc
-        stmt = stmt.where(
-            or_(time_column < last_time, and_(time_column == last_time, id_column < last_id))
-        )
+        stmt = stmt.where(or_(time_column < last_time, and_(time_column == last_time, id_column < last_id)))
     return stmt.order_by(time_column.desc(), id_column.desc()).limit(limit + 1)
 
 
