@@ -12,11 +12,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import identity, referrals
+from bench import identity, ledger, referrals
 from bench.common import BenchOptions, log
 
 BENCHMARKS: dict[str, Callable[[BenchOptions], dict[str, Any]]] = {
     identity.NAME: identity.run,
+    ledger.NAME: ledger.run,
     referrals.NAME: referrals.run,
 }
 

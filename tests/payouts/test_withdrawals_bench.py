@@ -1,0 +1,60 @@
+"""Fast checks of the ledger benchmark's own pieces (bench/ledger.py), never a timed run: the
+withdrawal request it sends, and the results it writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench import ledger as bench_ledger
+from bench.common import write_items
+
+
+def test_each_withdrawal_request_carries_a_fresh_key_the_token_and_the_method(tmp_path: Path) -> None:
+    items = write_items(tmp_path / "items.txt", ["tok1 0193a3c4-8f1e-7cc2-9a4b-3e5f6a7b8c9d"])
+    workload = bench_ledger.WithdrawalWorkload("w", "http://127.0.0.1:1/v1/withdrawals", "withdrawal", items)
+
+    method, url, headers, body = workload.request_parts(workload.items()[0])
+    _, _, again, _ = workload.request_parts(workload.items()[0])
+
+    assert (method, url) == ("POST", "http://127.0.0.1:1/v1/withdrawals")
+    assert headers["Authorization"] == "Bearer tok1"
+    assert headers["Idempotency-Key"] != again["Idempotency-Key"]
+    assert body is not None
+    assert json.loads(body) == {
+        "amount": bench_ledger.WITHDRAWAL_AMOUNT,
+        "currency": "INR",
+        "payout_method_id": "0193a3c4-8f1e-7cc2-9a4b-3e5f6a7b8c9d",
+    }
+
+
+def test_results_carry_both_ratios_and_the_hot_account_beside_them() -> None:
+    runs = {
+        "pgbench_tpcb": {"tps": 1000.0},
+        "postings": {"tps": 600.0, "p50_ms": 20.0, "p99_ms": 40.0},
+        "withdrawals": {"tps": 250.0, "p50_ms": 50.0, "p99_ms": 90.0},
+        "hot_sharded": {"tps": 550.0, "p50_ms": 22.0, "p99_ms": 45.0},
+        "hot_single": {"tps": 200.0, "p50_ms": 70.0, "p99_ms": 300.0},
+    }
+    machine = {
+        "cpu_model": "cpu",
+        "cores": 2,
+        "ram_gib": 4.0,
+        "kernel": "6",
+        "os": "Debian",
+        "python": "3.11",
+        "postgresql": "15",
+    }
+    plan = bench_ledger.Plan(members=10, duration_s=1, warmup_s=1)
+
+    doc = bench_ledger.results_document(runs, machine, plan, 100.0, 0, 1.0)
+
+    assert doc["ratios"]["postings_vs_pgbench_tps"] == 0.6
+    assert doc["ratios"]["withdrawals_vs_pgbench_tps"] == 0.25
+    assert doc["ratios"]["hot_single_vs_pgbench_tps"] == 0.2
+    assert doc["targets"]["postings_vs_pgbench_tps"]["met"] is True
+    assert doc["targets"]["withdrawals_vs_pgbench_tps"]["met"] is False
+    section = bench_ledger.markdown_section(doc)
+    assert "| POST /v1/withdrawals (HTTP) | 250.0 | 50.00 | 90.00 | 0.25 |" in section
+    assert "hot account: all into `adjustments` (one row)" in section
+    assert "withdrawals\n>= 30% (MISSED)" in section
