@@ -37,6 +37,8 @@ PROJECT_ROOT = BENCH_DIR.parent
 LUA_SCRIPT = BENCH_DIR / "lua" / "items.lua"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
 RESULTS_DIR = BENCH_DIR / "results"
+# Scratch output kept out of git (profiles: large, and new on every run).
+WORK_DIR = BENCH_DIR / ".work"
 
 DEFAULT_ADMIN_DATABASE_URL = "postgresql://root@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -26,6 +26,7 @@ from typing import Any
 
 from bench.common import (
     RESULTS_DIR,
+    WORK_DIR,
     BenchOptions,
     LoadResult,
     Server,
@@ -552,7 +553,7 @@ def markdown_section(doc: dict[str, Any]) -> str:
         lines += [
             "",
             f"Where the API worker's time goes under `/v1/me` load (py-spy, {profile['samples']:,} samples; "
-            f"stacks in `bench/results/{NAME}-me-profile.collapsed`). By the library the innermost Python "
+            f"stacks in `bench/.work/{NAME}-me-profile.collapsed`, not kept in git). By the library the innermost Python "
             "frame belongs to (C code, including socket system calls, is charged to the Python function "
             "that called it):",
             "",
@@ -613,7 +614,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
             missed = not all(t["met"] for t in doc["targets"].values())
             if options.profile or (missed and not options.quick):
                 writing = options.write and not options.quick
-                raw = profile_me(server, wrk, inputs, RESULTS_DIR if writing else workdir)
+                raw = profile_me(server, wrk, inputs, WORK_DIR if writing else workdir)
                 if raw is not None:
                     doc["profile"] = profile_summary(raw)
         section = markdown_section(doc)
