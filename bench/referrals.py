@@ -18,7 +18,9 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -26,6 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -626,6 +629,20 @@ def markdown_section(doc: dict[str, Any]) -> str:
             f"last batch's answer (target < 10 s): {_met(t['rewards_pending_after_last_batch_s'])}; "
             f"rewards pending {outcomes.get('rewards_pending', 0):,} of {outcomes.get('rewards_expected', 0):,} expected",
         ]
+        for process, prof in (outcomes.get("profile") or {}).items():
+            lines += [
+                "",
+                f"Where the {process}'s time goes during two more batches (py-spy, {prof['samples']:,} samples; "
+                f"stacks in `bench/results/{NAME}-outcomes-{process}-profile.collapsed`):",
+                "",
+                "| component | share of samples % |",
+                "| --- | ---: |",
+            ]
+            lines += [f"| {name} | {share:.1f} |" for name, share in prof["components"].items()]
+            lines += ["", "| our function | inclusive % |", "| --- | ---: |"]
+            lines += [
+                f"| `{row['function']}` | {row['inclusive_pct']:.1f} |" for row in prof["our_functions"]
+            ]
     profile = doc.get("profile")
     if profile:
         lines += [
@@ -663,7 +680,6 @@ def run(options: BenchOptions) -> dict[str, Any]:
         machine = machine_info(asyncio.run(postgres_version(database_url)))
         pem = generate_private_pem()
         server = Server(server_settings(database_url, redis_url, workdir / "var", pem), workdir)
-        outcomes: dict[str, Any] | None = None
         with server:
             workloads = write_redirect_inputs(workdir, server.base_url, cat, plan)
             smoke_check_redirects(workloads)
@@ -703,6 +719,226 @@ def run(options: BenchOptions) -> dict[str, Any]:
             log(f"kept database {db_name} and {workdir}")
 
 
+# --------------------------------------------------------------------------------------------------
+# (b) partner outcomes
+
+
+@dataclass
+class OutcomeSetup:
+    referral_ids: list[uuid.UUID]  # the measured run's
+    api_key: str
+    rule_id: uuid.UUID
+    spare_ids: list[uuid.UUID] = field(default_factory=list)  # for a profile after it
+
+
+async def seed_outcome_data(database_url: str, cat: Catalogue, measured: int, spare: int) -> OutcomeSetup:
+    """`count` referrals in state applied (one per referrer, spread over the programs), an enrolment
+    reward rule on the campaign, and a partner API key for the university, all with COPY."""
+    import asyncpg
+
+    from referloop.config import Environment
+    from referloop.core.ids import uuid7
+    from referloop.referrals.partner.service.keys import hash_token, new_token
+
+    now = datetime.now(UTC)
+    applied_at = now - timedelta(days=3)
+    referral_ids = [uuid7() for _ in range(measured + spare)]
+    token = new_token(SimpleNamespace(env=Environment.production))  # only the mode is read
+    rule_id = uuid7()
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table(
+                "referrals",
+                records=[
+                    (
+                        rid,
+                        cat.member_ids[i % len(cat.member_ids)],
+                        cat.program_ids[i % len(cat.program_ids)],
+                        cat.university_id,
+                        cat.campaign_id,
+                        applied_at,
+                        "applied",
+                        "invite",
+                        "Lead L.",
+                        os.urandom(32),  # a lead's email blind index
+                        applied_at,
+                        applied_at,
+                        applied_at,
+                        applied_at,
+                        applied_at,
+                    )
+                    for i, rid in enumerate(referral_ids)
+                ],
+                columns=[
+                    "id",
+                    "member_id",
+                    "program_id",
+                    "university_id",
+                    "campaign_id",
+                    "campaign_chosen_at",
+                    "state",
+                    "source",
+                    "referee_label",
+                    "email_index",
+                    "invited_at",
+                    "applied_at",
+                    "state_changed_at",
+                    "created_at",
+                    "updated_at",
+                ],
+            )
+            await conn.copy_records_to_table(
+                "reward_rules",
+                records=[(rule_id, cat.campaign_id, "enrolled", "referrer", "fixed", 100_000, 30, now, now)],
+                columns=[
+                    "id",
+                    "campaign_id",
+                    "milestone",
+                    "role",
+                    "kind",
+                    "amount",
+                    "hold_days",
+                    "created_at",
+                    "updated_at",
+                ],
+            )
+            await conn.copy_records_to_table(
+                "partner_api_keys",
+                records=[
+                    (
+                        uuid7(),
+                        cat.university_id,
+                        "Bench CRM",
+                        hash_token(token),
+                        token[:13],
+                        token[-4:],
+                        "bench@bench.referloop.test",
+                        now,
+                        now,
+                    )
+                ],
+                columns=[
+                    "id",
+                    "university_id",
+                    "name",
+                    "token_hash",
+                    "display_prefix",
+                    "last4",
+                    "contact_email",
+                    "created_at",
+                    "updated_at",
+                ],
+            )
+        await conn.execute("ANALYZE referrals; ANALYZE reward_rules; ANALYZE partner_api_keys")
+    finally:
+        await conn.close()
+    return OutcomeSetup(referral_ids[:measured], token, rule_id, referral_ids[measured:])
+
+
+class Worker:
+    """`referloop worker` as a child process (in-process outbox drain and the periodic jobs)."""
+
+    def __init__(self, settings_env: dict[str, str], workdir: Path) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("REFERLOOP_")}
+        self.env.update(settings_env)
+        self.workdir = workdir
+        self.log_path = workdir / "worker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Worker:
+        from bench.common import referloop_command
+
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [*referloop_command(), "worker"],
+                env=self.env,
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+async def _rewards_by_status(database_url: str, campaign_id: uuid.UUID) -> dict[str, int]:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT status, count(*) AS n FROM rewards WHERE campaign_id = $1 GROUP BY status", campaign_id
+        )
+    finally:
+        await conn.close()
+    return {r["status"]: int(r["n"]) for r in rows}
+
+
+def post_outcome_batches(
+    base_url: str, referral_ids: list[uuid.UUID], api_key: str, batch_size: int
+) -> dict[str, Any]:
+    import httpx
+
+    occurred = datetime.now(UTC).replace(microsecond=0).isoformat()
+    durations: list[float] = []
+    results: dict[str, int] = {}
+    failures: list[str] = []
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        for start in range(0, len(referral_ids), batch_size):
+            chunk = referral_ids[start : start + batch_size]
+            body = {
+                "items": [
+                    {
+                        "external_id": f"bench-enrol-{rid}",
+                        "type": "enrolled",
+                        "occurred_at": occurred,
+                        "referral_id": str(rid),
+                        "fee": {"amount": 45_000_000, "currency": "INR"},
+                    }
+                    for rid in chunk
+                ]
+            }
+            began = time.perf_counter()
+            answer = client.post(
+                "/partner/v1/outcomes", json=body, headers={**headers, "Idempotency-Key": str(uuid.uuid4())}
+            )
+            durations.append(time.perf_counter() - began)
+            if answer.status_code != 200:
+                failures.append(f"{answer.status_code}: {answer.text[:300]}")
+                continue
+            for status, n in answer.json().get("counts", {}).items():
+                results[status] = results.get(status, 0) + int(n)
+            log(f"outcome batch {len(durations)}: {durations[-1]:.2f} s")
+    last_answer = time.monotonic()
+    ordered = sorted(durations)
+    from bench.common import percentile
+
+    return {
+        "durations": durations,
+        "ordered": ordered,
+        "results": results,
+        "failures": failures,
+        "last_answer_monotonic": last_answer,
+        "p50": percentile(ordered, 50),
+        "p95": percentile(ordered, 95),
+    }
+
+
 def run_outcomes(
     options: BenchOptions,
     plan: Plan,
@@ -711,12 +947,107 @@ def run_outcomes(
     workdir: Path,
     cat: Catalogue,
     pem: bytes,
-) -> dict[str, Any] | None:
-    """Part (b); None until the partner API and the lifecycle exist in this tree."""
-    try:
-        import referloop.referrals.lifecycle.service
-        import referloop.referrals.partner.routes  # noqa: F401
-    except ImportError:
-        log("partner outcomes: the partner API is not in this tree yet; part (b) skipped")
+) -> dict[str, Any]:
+    """Part (b): seed applied referrals, start a server and a worker, post the enrolments in
+    batches, then watch the ledger until every reward is pending."""
+    log(f"partner outcomes: seeding {plan.outcomes:,} applied referrals, a reward rule and an API key")
+    spare = 2 * BATCH_SIZE if not options.quick else 0
+    setup = asyncio.run(seed_outcome_data(database_url, cat, plan.outcomes, spare))
+    env = server_settings(database_url, redis_url, workdir / "var", pem)
+    server = Server(env, workdir)
+    with server, Worker(env, workdir) as worker:
+        time.sleep(2)  # the worker's first poll
+        posted = post_outcome_batches(server.base_url, setup.referral_ids, setup.api_key, BATCH_SIZE)
+        expected = posted["results"].get("applied", 0)
+        deadline = posted["last_answer_monotonic"] + 120
+        counts: dict[str, int] = {}
+        all_pending_after: float | None = None
+        while time.monotonic() < deadline:
+            counts = asyncio.run(_rewards_by_status(database_url, cat.campaign_id))
+            done = counts.get("pending", 0) + counts.get("released", 0)
+            if done >= expected:
+                all_pending_after = time.monotonic() - posted["last_answer_monotonic"]
+                break
+            time.sleep(0.1)
+        if all_pending_after is None:
+            log(f"rewards not all pending after 120 s: {counts}\n{worker.log_tail()}")
+        p95 = posted["p95"]
+        missed = p95 is None or p95 >= TARGET_BATCH_P95_S or all_pending_after is None
+        missed = missed or all_pending_after >= TARGET_PENDING_S
+        profile: dict[str, Any] | None = None
+        if setup.spare_ids and (options.profile or missed):
+            profile = profile_outcomes(server, worker, setup, options, workdir)
+    log(
+        f"outcome batches p50 {fmt(posted['p50'], 2)} s, p95 {fmt(posted['p95'], 2)} s; "
+        f"all {expected:,} rewards pending {fmt(all_pending_after, 2)} s after the last answer"
+    )
+    out = {
+        "items": len(setup.referral_ids),
+        "batches": len(posted["durations"]),
+        "batch_seconds": [round(d, 3) for d in posted["durations"]],
+        "batch_p50_s": round(posted["p50"], 3) if posted["p50"] is not None else None,
+        "batch_p95_s": round(posted["p95"], 3) if posted["p95"] is not None else None,
+        "batch_max_s": round(posted["ordered"][-1], 3) if posted["ordered"] else None,
+        "applied": expected,
+        "other_results": {k: v for k, v in posted["results"].items() if k != "applied"},
+        "failed_batches": posted["failures"],
+        "rewards_expected": expected,
+        "rewards_pending": counts.get("pending", 0) + counts.get("released", 0),
+        "rewards_by_status": counts,
+        "all_pending_after_s": round(all_pending_after, 2) if all_pending_after is not None else None,
+    }
+    if profile is not None:
+        out["profile"] = profile
+    return out
+
+
+def _record(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
         return None
-    return None
+    return subprocess.Popen(
+        [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def profile_outcomes(
+    server: Server, worker: Worker, setup: OutcomeSetup, options: BenchOptions, workdir: Path
+) -> dict[str, Any]:
+    """Two more batches (spare referrals) with py-spy on the server and on the worker."""
+    out_dir = RESULTS_DIR if options.write and not options.quick else workdir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raws = {"server": out_dir / f"{NAME}-outcomes-server-profile.collapsed"}
+    spies = {"server": _record(server.pid, raws["server"])}
+    if worker.proc is not None:
+        raws["worker"] = out_dir / f"{NAME}-outcomes-worker-profile.collapsed"
+        spies["worker"] = _record(worker.proc.pid, raws["worker"])
+    time.sleep(1)
+    log("profiling two more outcome batches (py-spy on the server and the worker)")
+    post_outcome_batches(server.base_url, setup.spare_ids, setup.api_key, BATCH_SIZE)
+    time.sleep(5)  # the worker's share of it
+    summaries: dict[str, Any] = {}
+    for name, spy in spies.items():
+        if spy is None:
+            continue
+        spy.send_signal(signal.SIGINT)
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+        if raws[name].exists():
+            summaries[name] = profile_summary(raws[name])
+    return summaries
