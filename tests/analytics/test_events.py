@@ -243,3 +243,14 @@ async def test_a_program_named_later_takes_the_referrals_earlier_steps_along(
     assert body["median_seconds"]["signed_up_to_applied"] == 2 * 86400.0
     whole = await staff_funnel(client, admin.access_token, referrer_id=ref.referrer_id)
     assert (whole["totals"]["signed_up"], whole["totals"]["applied"]) == (1, 1)  # moved, not copied
+
+
+async def test_ranges_at_the_ends_of_the_calendar_answer(client: httpx.AsyncClient, admin: Admin):
+    for params in (
+        {"from": "9999-12-25", "to": "9999-12-31"},
+        {"from": "9999-12-20", "to": "9999-12-31", "granularity": "week"},
+        {"from": "0001-01-01", "to": "0001-01-09", "granularity": "week"},
+    ):
+        body = await staff_funnel(client, admin.access_token, **params)
+        assert body["series"][-1]["period_start"] <= params["to"]
+        assert body["totals"]["clicks"] == 0

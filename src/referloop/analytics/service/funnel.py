@@ -145,12 +145,14 @@ async def series(
         )
     ).all()
     found = {r.bucket: {c: int(r._mapping[c]) for c in COUNTS} for r in rows}
-    step = timedelta(days=7 if granularity is Granularity.week else 1)
-    out, start = [], period_start(first, granularity)
-    while start <= last:
-        out.append(Period(start, found.get(start, dict.fromkeys(COUNTS, 0))))
-        start += step
-    return out
+    step = 7 if granularity is Granularity.week else 1
+    start = period_start(first, granularity)
+    # Counted, not stepped past `last`: the step after 9999-12-31 does not exist.
+    periods = (last - start).days // step + 1
+    return [
+        Period(day, found.get(day, dict.fromkeys(COUNTS, 0)))
+        for day in (start + timedelta(days=i * step) for i in range(periods))
+    ]
 
 
 async def median_seconds(
