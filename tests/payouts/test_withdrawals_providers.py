@@ -226,8 +226,11 @@ class TestRazorpayX:
             w = await s.withdrawal(member, await usable_method(client, s.rt, member), 5_000)
             await run_submissions(s.rt, w["id"])
             mine = (await client.get(f"/v1/withdrawals/{w['id']}", headers=member.auth)).json()
+            staff_view = await s.staff_view(await s.staff(), w["id"])
         assert mine["state"] == "failed"
-        assert "does not have enough balance" in mine["failure_message"]
+        # The provider's words are about our account: staff see them, the member sees what it means.
+        assert mine["failure_message"].startswith("The payout provider refused this payout")
+        assert "does not have enough balance" in staff_view["last_error"]
         assert fake_razorpayx.created_by_key.get(provider_key(w["id"])) is None
         assert await balance(s.rt, member.id) == ledger.MemberBalance("INR", 0, 5_000, 0)
         await assert_reconciles(s.rt)
@@ -458,7 +461,9 @@ class TestStripe:
 
         mine = (await stp.client.get(f"/v1/withdrawals/{w['id']}", headers=member.auth)).json()
         assert mine["state"] == "failed"
-        assert "No such external account" in mine["failure_message"]
+        view = await stp.staff_view(await stp.staff(), w["id"])
+        assert (view["failure_code"], view["state"]) == ("resource_missing", "failed")
+        assert "No such external account" in view["last_error"]
         [transfer] = [t for t in fake_stripe.transfers.values() if t["transfer_group"] == w["id"]]
         assert transfer["reversed"] is True
         assert fake_stripe.balance_of(account, "eur") == 0

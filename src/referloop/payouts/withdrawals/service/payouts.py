@@ -51,6 +51,10 @@ log = structlog.get_logger(__name__)
 FAULT_AFTER_PROVIDER_CALL = "payouts.after_provider_call"
 ATTEMPT_KEY = "referloop_attempt"
 NARRATION = "Referloop payout"
+PROVIDER_REFUSED = (
+    "The payout provider refused this payout; the amount is back in your available balance. "
+    "Check your payout method, or contact support."
+)
 _DESTINATION: TypeAdapter[Any] = TypeAdapter(Destination)
 
 
@@ -120,7 +124,10 @@ async def submit(session: AsyncSession, rt: Runtime, withdrawal_id: uuid.UUID, a
         w = await lock(session, withdrawal_id)
         if w.attempt != attempt or w.state != WithdrawalState.processing.value or w.provider_payout_id:
             return f"skipped: the withdrawal is {w.state}"
-        await _fail(session, w, SYSTEM, code=exc.provider_code or exc.code, message=exc.detail)
+        # The provider's own words are for staff (they may be about our account, e.g. its balance);
+        # the member is told what it means for them.
+        w.last_error = f"{exc.code}: {exc.detail}"[:2000]
+        await _fail(session, w, SYSTEM, code=exc.provider_code or exc.code, message=PROVIDER_REFUSED)
         return "failed: " + exc.detail
     finally:
         await provider.aclose()
