@@ -340,7 +340,11 @@ def upgrade() -> None:
         postgresql_where=sa.text("member_id IS NOT NULL"),
     )
     op.create_index(
-        "ix_rewards_queued", "rewards", ["id"], unique=False, postgresql_where=sa.text("status = 'queued'")
+        "ix_rewards_queued",
+        "rewards",
+        ["reached_at", "id"],
+        unique=False,
+        postgresql_where=sa.text("status = 'queued'"),
     )
     op.create_index("ix_rewards_referrer_id", "rewards", ["referrer_id"], unique=False)
     op.create_index(

@@ -176,7 +176,7 @@ class Reward(IdMixin, TimestampMixin, Base):
         Index("uq_rewards_referral_milestone_role", "referral_id", "milestone", "role", unique=True),
         Index("ix_rewards_member_id", "member_id", "id", postgresql_where=text("member_id IS NOT NULL")),
         Index("ix_rewards_referrer_id", "referrer_id"),
-        Index("ix_rewards_queued", "id", postgresql_where=text("status = 'queued'")),
+        Index("ix_rewards_queued", "reached_at", "id", postgresql_where=text("status = 'queued'")),
         Index("ix_rewards_release_due", "release_at", postgresql_where=text("status = 'pending'")),
         Index(
             "ix_rewards_reversal_due",

@@ -179,9 +179,17 @@ async def _find(session: AsyncSession, rt: Runtime, report: OutcomeReport) -> Re
     if contact:
         probes.append(or_(*contact))
     for probe in probes:
-        referral_id = await session.scalar(select(Referral.id).where(probe, *base).order_by(*order).limit(1))
-        if referral_id is not None:
-            return await states.lock_referral(session, referral_id)
+        # Found and locked in one statement (FOR UPDATE applies to the one row LIMIT keeps).
+        referral: Referral | None = await session.scalar(
+            select(Referral)
+            .where(probe, *base)
+            .order_by(*order)
+            .limit(1)
+            .with_for_update(of=Referral)
+            .execution_options(populate_existing=True)
+        )
+        if referral is not None:
+            return referral
     return None
 
 

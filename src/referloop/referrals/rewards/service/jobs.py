@@ -1,6 +1,9 @@
 """The worker's reward jobs: take reversals back, grant queued rewards, release rewards whose hold
 is over. Each reward is handled in its own transaction; rows another worker holds are skipped
-(SKIP LOCKED), so every worker can run every job at once."""
+(SKIP LOCKED), so every worker can run every job at once. Grants run in parallel, taken in the order
+the milestones were reached, so a budget about to run out goes roughly first come, first served
+(exactly: never past the budget; roughly: two grants racing for the last amount may finish in
+either order)."""
 
 from __future__ import annotations
 
@@ -59,7 +62,7 @@ async def queued_rewards(
         select(Reward.id)
         .join(Referral, Referral.id == Reward.referral_id)
         .where(Reward.status == RewardStatus.queued.value, Referral.state != ReferralState.fraud_hold.value)
-        .order_by(Reward.id)
+        .order_by(Reward.reached_at, Reward.id)
         .limit(limit)
     )
     if referral_ids is not None:

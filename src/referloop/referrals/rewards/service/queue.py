@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import Uuid, case, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,44 +30,64 @@ from referloop.referrals.rewards.models import (
 async def queue_milestone(
     session: AsyncSession, referral: Referral, milestone: Milestone, at: datetime
 ) -> int:
-    """Queue the rewards of `milestone` for `referral`; returns how many rows were new."""
+    """Queue the rewards of `milestone` for `referral`; returns how many rows were new. One
+    statement: the campaign's live rules for the milestone, inserted unless already queued."""
     if referral.campaign_id is None or referral.program_id is None:
         return 0
-    currency = await session.scalar(select(Campaign.currency).where(Campaign.id == referral.campaign_id))
-    rules = (
-        await session.execute(
-            select(RewardRule.id, RewardRule.role).where(
-                RewardRule.campaign_id == referral.campaign_id,
-                RewardRule.milestone == milestone.value,
-                RewardRule.deleted_at.is_(None),
-            )
-        )
-    ).all()
-    if not rules or currency is None:
-        return 0
     now = utcnow()
-    rows = [
-        {
-            "id": uuid7(),
-            "referral_id": referral.id,
-            "referrer_id": referral.member_id,
-            "member_id": referral.member_id if role == RewardRole.referrer.value else referral.referee_id,
-            "role": role,
-            "milestone": milestone.value,
-            "campaign_id": referral.campaign_id,
-            "rule_id": rule_id,
-            "program_id": referral.program_id,
-            "status": RewardStatus.queued.value,
-            "currency": currency,
-            "reached_at": at,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for rule_id, role in rules
-    ]
+    # At most one live rule per role (a unique index), so two fresh UUIDv7 ids cover them.
+    referrer_id, referee_id = uuid7(), uuid7()
+    rules = (
+        select(
+            case(
+                (RewardRule.role == RewardRole.referrer.value, literal(referrer_id, type_=Uuid())),
+                else_=literal(referee_id, type_=Uuid()),
+            ),
+            literal(referral.id),
+            literal(referral.member_id),
+            case(
+                (RewardRule.role == RewardRole.referrer.value, literal(referral.member_id)),
+                else_=literal(referral.referee_id, type_=Uuid()),
+            ),
+            RewardRule.role,
+            RewardRule.milestone,
+            RewardRule.campaign_id,
+            RewardRule.id,
+            literal(referral.program_id),
+            literal(RewardStatus.queued.value),
+            Campaign.currency,
+            literal(at),
+            literal(now),
+            literal(now),
+        )
+        .join(Campaign, Campaign.id == RewardRule.campaign_id)
+        .where(
+            RewardRule.campaign_id == referral.campaign_id,
+            RewardRule.milestone == milestone.value,
+            RewardRule.deleted_at.is_(None),
+        )
+    )
     result = await session.execute(
         pg_insert(Reward)
-        .values(rows)
+        .from_select(
+            [
+                "id",
+                "referral_id",
+                "referrer_id",
+                "member_id",
+                "role",
+                "milestone",
+                "campaign_id",
+                "rule_id",
+                "program_id",
+                "status",
+                "currency",
+                "reached_at",
+                "created_at",
+                "updated_at",
+            ],
+            rules,
+        )
         .on_conflict_do_nothing(index_elements=["referral_id", "milestone", "role"])
         .returning(Reward.id)
     )
