@@ -6,7 +6,6 @@ from typing import Any
 import httpx
 import pytest
 
-from referloop.core.db import utcnow
 from referloop.runtime import Runtime
 from tests.referrals.helpers import Admin, create_university, make_admin, sql
 from tests.webhooks.support import Receiver
@@ -31,15 +30,18 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(autouse=True)
-async def _retire_endpoints(runtime: Runtime) -> AsyncIterator[None]:
-    """Endpoints made by a test are deleted after it (their pending deliveries given up), so a later
-    test's sender never spends its batch on a receiver that is gone."""
-    started = utcnow()
+async def _only_this_tests_endpoints(runtime: Runtime) -> AsyncIterator[None]:
+    """Each test's sender must only meet the endpoints that test made: endpoints left by earlier tests
+    in this database (a fuzzer's random URLs included) are deleted first, their pending deliveries
+    given up. xdist runs one test at a time per database, so no running test loses its endpoints."""
+
+    async def retire() -> None:
+        await sql(
+            runtime,
+            "UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL WHERE status = 'pending'",
+        )
+        await sql(runtime, "UPDATE webhook_endpoints SET deleted_at = now() WHERE deleted_at IS NULL")
+
+    await retire()
     yield
-    await sql(
-        runtime,
-        "UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL WHERE status = 'pending' "
-        "AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE created_at >= :t)",
-        t=started,
-    )
-    await sql(runtime, "UPDATE webhook_endpoints SET deleted_at = now() WHERE created_at >= :t", t=started)
+    await retire()

@@ -65,23 +65,10 @@ _ERROR_CHARS = 500
 
 
 async def fan_out(session: AsyncSession, event_id: uuid.UUID, topic: str, payload: dict[str, Any]) -> int:
-    """Create the message and one delivery per matching endpoint; returns how many deliveries."""
+    """Create the message and one delivery per matching endpoint; returns how many deliveries.
+    An event handled twice (a redelivery past the inbox) finds its message and adds nothing."""
     event = to_outbound(topic, payload)
     if event is None:
-        return 0
-    created = await session.scalar(
-        pg_insert(WebhookMessage)
-        .values(
-            id=event_id,
-            event_type=event.event_type,
-            payload=event.body,
-            university_id=event.university_id,
-            program_id=event.program_id,
-        )
-        .on_conflict_do_nothing(index_elements=["id"])
-        .returning(WebhookMessage.id)
-    )
-    if created is None:
         return 0
     # Partner endpoints always carry their university, so an event with none reaches operators only.
     conditions = [
@@ -102,6 +89,20 @@ async def fan_out(session: AsyncSession, event_id: uuid.UUID, topic: str, payloa
     ]
     endpoint_ids = list(await session.scalars(select(WebhookEndpoint.id).where(and_(*conditions))))
     if not endpoint_ids:
+        return 0  # no message is stored for an event nobody listens to
+    created = await session.scalar(
+        pg_insert(WebhookMessage)
+        .values(
+            id=event_id,
+            event_type=event.event_type,
+            payload=event.body,
+            university_id=event.university_id,
+            program_id=event.program_id,
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(WebhookMessage.id)
+    )
+    if created is None:
         return 0
     now = utcnow()
     await session.execute(
