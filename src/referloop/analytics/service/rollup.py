@@ -4,11 +4,15 @@ Each step a referral reaches is one row of `analytics_milestones` (primary key `
 Only the insert of that row adds 1 to the day's counter, so a replayed, duplicated or re-ordered event
 never counts twice. When a later-arriving event says a step happened earlier (out-of-order delivery),
 or a real report replaces an implied one, the milestone takes the earlier time and, if its day changes,
-its count moves from the old day's row to the new one (-1 there, +1 here) in the same transaction."""
+its count moves from the old day's row to the new one (-1 there, +1 here) in the same transaction.
+
+The usual event (every step new) costs two statements: one multi-row insert of the milestones, one
+upsert of the day's row adding 1 to each new step's column."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -41,52 +45,29 @@ async def _add_to_day(
     campaign_id: uuid.UUID | None,
     referrer_id: uuid.UUID,
     university_id: uuid.UUID | None,
-    step: Step,
-    delta: int,
+    deltas: dict[Step, int],
 ) -> None:
-    column = FunnelDaily.__table__.c[step.value]  # a fixed enum of column names, never input
+    """Add to the day's counters (a fixed enum of column names, never input)."""
+    columns = FunnelDaily.__table__.c
     stmt = pg_insert(FunnelDaily).values(
         day=day,
         program_id=program_id,
         campaign_id=campaign_id,
         referrer_id=referrer_id,
         university_id=university_id,
-        **{step.value: max(delta, 0)},
+        **{step.value: max(delta, 0) for step, delta in deltas.items()},
     )
     await session.execute(
         stmt.on_conflict_do_update(
             index_elements=["day", "program_id", "campaign_id", "referrer_id"],
-            set_={step.value: column + delta},
+            set_={step.value: columns[step.value] + delta for step, delta in deltas.items()},
         )
     )
 
 
-async def record_step(
-    session: AsyncSession, key: ReferralKey, step: Step, at: datetime, *, implied: bool = False
-) -> bool:
-    """Record that the referral reached `step` at `at`. Returns True when a counter changed."""
-    inserted = await session.scalar(
-        pg_insert(Milestone)
-        .values(
-            referral_id=key.referral_id,
-            step=step.value,
-            at=at,
-            day=utc_day(at),
-            implied=implied,
-            referrer_id=key.referrer_id,
-            program_id=key.program_id,
-            university_id=key.university_id,
-            campaign_id=key.campaign_id,
-        )
-        .on_conflict_do_nothing(index_elements=["referral_id", "step"])
-        .returning(Milestone.referral_id)
-    )
-    if inserted is not None:
-        await _add_to_day(
-            session, utc_day(at), key.program_id, key.campaign_id, key.referrer_id, key.university_id, step, 1
-        )
-        return True
-    # Known already: a duplicate (nothing to do), or a better time for it (earlier, or real over implied).
+async def _improve(session: AsyncSession, key: ReferralKey, step: Step, at: datetime, implied: bool) -> bool:
+    """A step already recorded: a duplicate (nothing to do), or a better time for it (earlier, or a
+    real report over an implied one), which may move its count to another day."""
     existing = await session.scalar(
         select(Milestone)
         .where(Milestone.referral_id == key.referral_id, Milestone.step == step.value)
@@ -109,8 +90,57 @@ async def record_step(
     dims = (existing.program_id, existing.campaign_id, existing.referrer_id, existing.university_id)
     # Rows locked in day order, as every mover does, so two movers cannot deadlock on each other.
     for day, delta in sorted(((old_day, -1), (new_day, 1))):
-        await _add_to_day(session, day, *dims, step, delta)
+        await _add_to_day(session, day, *dims, {step: delta})
     return True
+
+
+async def record_steps(
+    session: AsyncSession, key: ReferralKey, steps: Sequence[tuple[Step, bool]], at: datetime
+) -> None:
+    """Record that the referral reached each `(step, implied)` at `at`."""
+    day = utc_day(at)
+    inserted = set(
+        await session.scalars(
+            pg_insert(Milestone)
+            .values(
+                [
+                    {
+                        "referral_id": key.referral_id,
+                        "step": step.value,
+                        "at": at,
+                        "day": day,
+                        "implied": implied,
+                        "referrer_id": key.referrer_id,
+                        "program_id": key.program_id,
+                        "university_id": key.university_id,
+                        "campaign_id": key.campaign_id,
+                    }
+                    for step, implied in steps
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["referral_id", "step"])
+            .returning(Milestone.step)
+        )
+    )
+    if inserted:
+        await _add_to_day(
+            session,
+            day,
+            key.program_id,
+            key.campaign_id,
+            key.referrer_id,
+            key.university_id,
+            {Step(s): 1 for s in inserted},
+        )
+    for step, implied in steps:
+        if step.value not in inserted:
+            await _improve(session, key, step, at, implied)
+
+
+async def record_step(
+    session: AsyncSession, key: ReferralKey, step: Step, at: datetime, *, implied: bool = False
+) -> None:
+    await record_steps(session, key, [(step, implied)], at)
 
 
 async def _adopt_program(session: AsyncSession, key: ReferralKey) -> None:
@@ -130,9 +160,9 @@ async def _adopt_program(session: AsyncSession, key: ReferralKey) -> None:
         return
     for m in homeless:
         step = Step(m.step)
-        await _add_to_day(session, m.day, None, m.campaign_id, m.referrer_id, None, step, -1)
+        await _add_to_day(session, m.day, None, m.campaign_id, m.referrer_id, None, {step: -1})
         await _add_to_day(
-            session, m.day, key.program_id, key.campaign_id, m.referrer_id, key.university_id, step, 1
+            session, m.day, key.program_id, key.campaign_id, m.referrer_id, key.university_id, {step: 1}
         )
     await session.execute(
         update(Milestone)
@@ -145,7 +175,5 @@ async def _adopt_program(session: AsyncSession, key: ReferralKey) -> None:
 async def record_reached(session: AsyncSession, key: ReferralKey, step: Step, at: datetime) -> None:
     """A referral reached `step`: record it, and the funnel steps before it as implied ones."""
     await _adopt_program(session, key)
-    if step in FUNNEL:
-        for earlier in FUNNEL[: FUNNEL.index(step)]:
-            await record_step(session, key, earlier, at, implied=True)
-    await record_step(session, key, step, at)
+    earlier = FUNNEL[: FUNNEL.index(step)] if step in FUNNEL else ()
+    await record_steps(session, key, [*((s, True) for s in earlier), (step, False)], at)
