@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.core.context import RequestContext
 from referloop.core.errors import AppError, FieldError
+from referloop.referrals.lifecycle.service import OutcomeKind, OutcomeReport, apply_partner_outcome
 from referloop.referrals.partner.schemas import (
     ITEM_STATUSES,
     OutcomeBatchResult,
@@ -78,7 +79,7 @@ async def report_outcomes(
     one does, the batch's savepoint is rolled back and the batch is applied again with a savepoint
     per item, so that only the failing items are lost."""
     results: list[OutcomeItemResult | None] = []
-    reports: dict[int, tuple[OutcomeItem, Any]] = {}
+    reports: dict[int, tuple[OutcomeItem, OutcomeReport]] = {}
     for index, raw in enumerate(raw_items):
         checked = _validate(index, rows[index] if rows is not None else None, raw, partner)
         if isinstance(checked, OutcomeItemResult):
@@ -105,9 +106,7 @@ async def report_outcomes(
 
 def _validate(
     index: int, row: int | None, raw: Any, partner: PartnerPrincipal
-) -> OutcomeItemResult | tuple[OutcomeItem, Any]:
-    from referloop.referrals.lifecycle.service import OutcomeKind, OutcomeReport
-
+) -> OutcomeItemResult | tuple[OutcomeItem, OutcomeReport]:
     if isinstance(raw, InvalidRow):
         return OutcomeItemResult(index=index, row=row, external_id=None, status="invalid", reason=raw.reason)
     try:
@@ -141,14 +140,12 @@ async def _apply_all(
     session: AsyncSession,
     rt: Runtime,
     partner: PartnerPrincipal,
-    reports: dict[int, tuple[OutcomeItem, Any]],
+    reports: dict[int, tuple[OutcomeItem, OutcomeReport]],
     rows: Sequence[int] | None,
     ctx: RequestContext,
     *,
     isolate: bool,
 ) -> dict[int, OutcomeItemResult]:
-    from referloop.referrals.lifecycle.service import apply_partner_outcome
-
     out: dict[int, OutcomeItemResult] = {}
     for index, (item, report) in reports.items():
         row = rows[index] if rows is not None else None
