@@ -254,3 +254,49 @@ async def test_ranges_at_the_ends_of_the_calendar_answer(client: httpx.AsyncClie
         body = await staff_funnel(client, admin.access_token, **params)
         assert body["series"][-1]["period_start"] <= params["to"]
         assert body["totals"]["clicks"] == 0
+
+
+async def test_breakdown_ranks_programs_of_a_campaign_page_by_page(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Admin
+):
+    campaign = str(uuid.uuid4())
+    referrer = str(uuid.uuid4())
+    programs = [Referral(referrer_id=referrer, campaign_id=campaign) for _ in range(3)]  # a program each
+    for program, enrolments in zip(programs, (2, 3, 1), strict=True):
+        for _ in range(enrolments):
+            one = program.sibling()
+            await walk(runtime, one, [("applied", days_ago(2)), ("enrolled", days_ago(1))])
+    await walk(runtime, Referral(), [("applied", days_ago(2)), ("enrolled", days_ago(1))])  # another campaign
+
+    auth = {"Authorization": f"Bearer {admin.access_token}"}
+    params = {"by": "program", "campaign_id": campaign, "order_by": "enrolled", "limit": 2}
+    r = await client.get("/v1/staff/analytics/funnel/breakdown", params=params, headers=auth)
+    assert r.status_code == 200, r.text
+    first = r.json()
+    assert [(i["key"], i["counts"]["enrolled"]) for i in first["items"]] == [
+        (programs[1].program_id, 3),
+        (programs[0].program_id, 2),
+    ]
+    assert first["items"][0]["conversion"]["application_to_enrolment"] == 1.0
+    r = await client.get(
+        "/v1/staff/analytics/funnel/breakdown",
+        params={**params, "cursor": first["next_cursor"]},
+        headers=auth,
+    )
+    second = r.json()
+    assert [(i["key"], i["counts"]["enrolled"]) for i in second["items"]] == [(programs[2].program_id, 1)]
+    assert second["next_cursor"] is None
+
+    r = await client.get(
+        "/v1/staff/analytics/funnel/breakdown",
+        params={"by": "referrer", "campaign_id": campaign},
+        headers=auth,
+    )
+    assert [(i["key"], i["counts"]["enrolled"]) for i in r.json()["items"]] == [(programs[0].referrer_id, 6)]
+    for bad in (
+        {"by": "planet"},
+        {"by": "program", "order_by": "vibes"},
+        {"by": "program", "cursor": "bm9wZQ"},
+    ):
+        r = await client.get("/v1/staff/analytics/funnel/breakdown", params=bad, headers=auth)
+        assert r.status_code == 422, bad

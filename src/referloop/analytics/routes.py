@@ -9,11 +9,19 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from referloop.analytics.errors import BadRange
-from referloop.analytics.schemas import FunnelFiltersOut, FunnelOut, funnel_out
-from referloop.analytics.service.funnel import FunnelFilters, Granularity, funnel
+from referloop.analytics.schemas import BreakdownOut, FunnelFiltersOut, FunnelOut, breakdown_out, funnel_out
+from referloop.analytics.service.funnel import (
+    CountName,
+    Dimension,
+    FunnelFilters,
+    Granularity,
+    breakdown,
+    funnel,
+)
 from referloop.core.db import utcnow
 from referloop.core.deps import ReadSession
-from referloop.core.errors import problem_responses
+from referloop.core.errors import InvalidInput, problem_responses
+from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_cursor, encode_cursor
 from referloop.identity.deps import SupportStaff
 
 router = APIRouter(
@@ -23,6 +31,19 @@ router = APIRouter(
 DEFAULT_DAYS = 30
 # Bounded ranges instead of a cursor: a series of at most this many periods.
 MAX_PERIODS = {Granularity.day: 366, Granularity.week: 105}
+
+
+def _days(date_from: date | None, date_to: date | None, granularity: Granularity) -> tuple[date, date]:
+    last = date_to or utcnow().date()
+    first = date_from or last - timedelta(days=DEFAULT_DAYS - 1)
+    if first > last:
+        raise BadRange("`from` must not be after `to`.")
+    periods = (last - first).days // (7 if granularity is Granularity.week else 1) + 1
+    if periods > MAX_PERIODS[granularity]:
+        raise BadRange(
+            f"At most {MAX_PERIODS[granularity]} {granularity.value}s per request; ask for a shorter range."
+        )
+    return first, last
 
 
 @router.get("/funnel", response_model=FunnelOut, responses=problem_responses(422))
@@ -43,15 +64,7 @@ async def get_funnel(
     Monday), with conversion rates and median times between steps, for any mix of program, campaign,
     referrer and university. Read from rollups kept current by the worker (clicks lag by about two
     minutes). Counts are activity in each period, not cohorts. At most 366 days or 105 weeks."""
-    last = date_to or utcnow().date()
-    first = date_from or last - timedelta(days=DEFAULT_DAYS - 1)
-    if first > last:
-        raise BadRange("`from` must not be after `to`.")
-    periods = (last - first).days // (7 if granularity is Granularity.week else 1) + 1
-    if periods > MAX_PERIODS[granularity]:
-        raise BadRange(
-            f"At most {MAX_PERIODS[granularity]} {granularity.value}s per request; ask for a shorter range."
-        )
+    first, last = _days(date_from, date_to, granularity)
     filters = FunnelFilters(
         program_id=program_id, campaign_id=campaign_id, referrer_id=referrer_id, university_id=university_id
     )
@@ -66,3 +79,48 @@ async def get_funnel(
             university_id=university_id,
         ),
     )
+
+
+def _after(cursor: str | None) -> tuple[int, uuid.UUID | None] | None:
+    if not cursor:
+        return None
+    values = decode_cursor(cursor)
+    try:
+        count, key = int(values[0]), values[1]
+        return count, uuid.UUID(key) if key else None
+    except (ValueError, IndexError) as exc:
+        raise InvalidInput("The cursor is not one this API returned.") from exc
+
+
+@router.get("/funnel/breakdown", response_model=Page[BreakdownOut], responses=problem_responses(422))
+async def get_funnel_breakdown(
+    session: ReadSession,
+    _: SupportStaff,
+    by: Annotated[Dimension, Query(description="One funnel per program, campaign, referrer or university.")],
+    program_id: uuid.UUID | None = None,
+    campaign_id: uuid.UUID | None = None,
+    referrer_id: uuid.UUID | None = None,
+    university_id: uuid.UUID | None = None,
+    date_from: Annotated[
+        date | None, Query(alias="from", description="First UTC day (default: 29 days before `to`).")
+    ] = None,
+    date_to: Annotated[date | None, Query(alias="to", description="Last UTC day (default: today).")] = None,
+    order_by: Annotated[CountName, Query(description="The count to rank by, largest first.")] = "enrolled",
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=300, pattern=r"^[A-Za-z0-9_-]+$")] = None,
+) -> Page[BreakdownOut]:
+    """The funnel of each program (campaign, referrer or university) over the range, ranked by one
+    count (ties by id), with the same filters as the funnel: e.g. the top referrers of a campaign by
+    enrolments. At most 366 days."""
+    first, last = _days(date_from, date_to, Granularity.day)
+    filters = FunnelFilters(
+        program_id=program_id, campaign_id=campaign_id, referrer_id=referrer_id, university_id=university_id
+    )
+    rows = await breakdown(
+        session, by, filters, first, last, order_by=order_by, after=_after(cursor), limit=limit + 1
+    )
+    page = rows[:limit]
+    next_cursor = (
+        encode_cursor([page[-1].counts[order_by], page[-1].key or ""]) if len(rows) > limit else None
+    )
+    return Page(items=[breakdown_out(r) for r in page], next_cursor=next_cursor)

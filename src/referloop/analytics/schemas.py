@@ -7,7 +7,7 @@ from datetime import date
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from referloop.analytics.service.funnel import FunnelReport, Granularity, Period
+from referloop.analytics.service.funnel import BreakdownRow, FunnelReport, Granularity, Period
 
 
 class FunnelCounts(BaseModel):
@@ -133,4 +133,18 @@ def funnel_out(report: FunnelReport, granularity: Granularity, filters: FunnelFi
         conversion=Conversion(**report.conversion),
         median_seconds=MedianSeconds(**report.median_seconds),
         series=[period_out(p) for p in report.series],
+    )
+
+
+class BreakdownOut(BaseModel):
+    key: uuid.UUID | None = Field(
+        description="The program, campaign, referrer or university (`by`); null for referrals with none."
+    )
+    counts: FunnelCounts
+    conversion: Conversion
+
+
+def breakdown_out(row: BreakdownRow) -> BreakdownOut:
+    return BreakdownOut(
+        key=row.key, counts=FunnelCounts(**row.counts), conversion=Conversion(**row.conversion)
     )

@@ -12,15 +12,15 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal, get_args
 
-from sqlalchemy import ColumnElement, and_, case, func, select
+from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from referloop.analytics.models import FunnelDaily, Milestone, Step
 
-COUNTS = (
+CountName = Literal[
     "clicks",
     "bot_clicks",
     "invited",
@@ -32,7 +32,8 @@ COUNTS = (
     "expired",
     "reversed",
     "fraud_hold",
-)
+]
+COUNTS: tuple[str, ...] = get_args(CountName)
 # (name, numerator, denominator)
 CONVERSIONS = (
     ("click_to_signup", "signed_up", "clicks"),
@@ -48,6 +49,13 @@ PREVIOUS: dict[Step, Step] = {
     Step.enrolled: Step.applied,
     Step.rewarded: Step.enrolled,
 }
+
+
+class Dimension(StrEnum):
+    program = "program"
+    campaign = "campaign"
+    referrer = "referrer"
+    university = "university"
 
 
 class Granularity(StrEnum):
@@ -215,3 +223,50 @@ async def member_funnel(
         await totals(session, filters, first, last),
         await median_seconds(session, filters, first, last),
     )
+
+
+@dataclass
+class BreakdownRow:
+    key: uuid.UUID | None  # the program, campaign, referrer or university (null: none)
+    counts: dict[str, int]
+
+    @property
+    def conversion(self) -> dict[str, float | None]:
+        return conversion_rates(self.counts)
+
+
+async def breakdown(
+    session: AsyncSession,
+    by: Dimension,
+    filters: FunnelFilters,
+    first: date,
+    last: date,
+    *,
+    order_by: str,
+    after: tuple[int, uuid.UUID | None] | None,
+    limit: int,
+) -> list[BreakdownRow]:
+    """The funnel of each program (campaign, referrer, university) over [first, last], largest
+    `order_by` count first, then by id; `after` is the (count, id) of the previous page's last row.
+    Rows with no id (referrals for no program, or no campaign) come last on each count."""
+    key = getattr(FunnelDaily, f"{by.value}_id").label("key")
+    sums = _sums()
+    grouped = (
+        select(key, *sums)
+        .where(*filters.where(FunnelDaily), *_range(first, last, FunnelDaily.day))
+        .group_by(key)
+        .subquery()
+    )
+    measure = grouped.c[order_by]
+    # A null id sorts as the smallest id: the nil UUID.
+    nil = uuid.UUID(int=0)
+    ident = func.coalesce(grouped.c.key, nil)
+    stmt = select(grouped)
+    if after is not None:
+        count, last_key = after
+        stmt = stmt.where(
+            or_(measure < count, and_(measure == count, ident < (last_key or nil))),
+        )
+    stmt = stmt.order_by(measure.desc(), ident.desc()).limit(limit)
+    rows = (await session.execute(stmt)).all()
+    return [BreakdownRow(r.key, {c: int(r._mapping[c]) for c in COUNTS}) for r in rows]
