@@ -33,6 +33,10 @@ from referloop.payouts.withdrawals.cli import payouts_app  # noqa: E402
 
 app.add_typer(payouts_app, name="payouts")
 
+from referloop.referrals.rewards.cli import rewards_app  # noqa: E402
+
+app.add_typer(rewards_app, name="rewards")
+
 from referloop.core.outbox.cli import outbox_app  # noqa: E402
 from referloop.worker import worker_command  # noqa: E402
 

@@ -262,3 +262,39 @@ class TestCapsAndBudgets:
             ("enrolled", "skipped", "referrer_cap_reached"),
         }
         assert (await balance(runtime, referrer)).pending == 120_000
+
+
+async def test_the_rewards_command_runs_the_jobs(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Admin
+) -> None:
+    """`referloop rewards run` grants what is queued (as the worker's timer does)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cat = await make_catalogue(client, admin)
+    (referrer,) = await make_members(runtime)
+    email = lead_email()
+    referral = await invite(runtime, referrer, cat.program_id, email=email)
+    await report(runtime, cat.university_id, "enrolled", email=email)
+    s = runtime.settings
+    env = {
+        **os.environ,
+        "REFERLOOP_DATABASE_URL": s.database_url,
+        "REFERLOOP_REDIS_URL": s.redis_url,
+        "REFERLOOP_VAR_DIR": str(s.var_dir),
+        "REFERLOOP_ENV": "test",
+        "REFERLOOP_LOG_LEVEL": "WARNING",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "referloop", "rewards", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    assert result.returncode == 0, result.stderr
+    assert "granted" in result.stdout
+    assert (await rewards(runtime, referral))[0]["status"] == "pending"

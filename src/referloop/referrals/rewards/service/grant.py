@@ -125,10 +125,16 @@ def _skip(reward: Reward, reason: SkipReason, amount: int | None = None, basis: 
     return reason.value
 
 
-def _fee(referral: Referral, program: Program) -> tuple[int | None, str | None]:
+async def _fee(session: AsyncSession, referral: Referral) -> tuple[int | None, str | None]:
+    """The fee the partner reported, else the program's listed fee."""
     if referral.fee_amount is not None and referral.fee_currency:
         return referral.fee_amount, referral.fee_currency
-    return program.fee_amount, program.fee_currency
+    row = (
+        await session.execute(
+            select(Program.fee_amount, Program.fee_currency).where(Program.id == referral.program_id)
+        )
+    ).first()
+    return (row[0], row[1]) if row else (None, None)
 
 
 async def _charge_counters(
@@ -191,8 +197,7 @@ async def grant(session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: boo
         return _skip(reward, SkipReason.enrolment_cancelled)
     rule = await session.get(RewardRule, reward.rule_id)
     campaign = await session.get(Campaign, reward.campaign_id)
-    program = await session.get(Program, reward.program_id)
-    assert rule is not None and campaign is not None and program is not None
+    assert rule is not None and campaign is not None
     if rule.deleted_at is not None:
         return _skip(reward, SkipReason.rule_withdrawn)
     recipient = referral.member_id if reward.role == RewardRole.referrer.value else referral.referee_id
@@ -217,7 +222,9 @@ async def grant(session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: boo
             delta=1,
             limit=None,
         )
-    fee_amount, fee_currency = _fee(referral, program)
+    fee_amount, fee_currency = (
+        await _fee(session, referral) if rule.kind == RuleKind.percent.value else (None, None)
+    )
     computed = compute_amount(
         rule,
         currency=reward.currency,
