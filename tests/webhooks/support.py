@@ -3,6 +3,7 @@ fails on demand, and helpers that emit domain events through the real consumers.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class Receiver:
     _failures: list[int] = field(default_factory=list)
     _server: LoopbackServer | None = None
     url: str = ""
+    hold_seconds: float = 0.0  # answer this late (a slow receiver)
 
     def fail_next(self, count: int, status: int = 500) -> None:
         with self.lock:
@@ -57,6 +59,8 @@ class Receiver:
             self.requests.append(
                 Received(request.url.path, {k.lower(): v for k, v in request.headers.items()}, body, status)
             )
+        if self.hold_seconds:
+            await asyncio.sleep(self.hold_seconds)
         await PlainTextResponse("ok" if status == 200 else "nope", status_code=status)(scope, receive, send)
 
     def start(self) -> str:

@@ -348,3 +348,27 @@ async def test_deleted_endpoint_gets_nothing_more(
     assert len(receiver.got()) == 1
     r = await client.get(f"{STAFF}/{endpoint['id']}", headers=admin.auth)
     assert r.status_code == 404
+
+
+async def test_a_slow_receiver_times_out_and_is_retried(
+    client: httpx.AsyncClient, app_factory: Any, admin: Admin, university: dict[str, Any], receiver: Receiver
+) -> None:
+    rt: Runtime = app_factory(webhook_timeout_seconds=0.3).state.runtime
+    endpoint = await operator_endpoint(client, admin, receiver.url, university["id"])
+    receiver.hold_seconds = 2.0
+    event_id = await emit(rt, "referrals.state_changed", referral_event(university["id"]))
+    await deliver(rt)
+    row = await delivery_row(rt, event_id, endpoint["id"])
+    assert row["status"] == "pending" and row["attempts"] == 1 and row["last_status_code"] is None
+    r = await client.get(f"{STAFF}/{endpoint['id']}/deliveries/{row['id']}", headers=admin.auth)
+    (attempt,) = r.json()["attempt_log"]
+    assert attempt["error"].startswith("Timed out after 0.3 s") and attempt["status_code"] is None
+    assert 250 <= attempt["latency_ms"] < 2000
+
+    receiver.hold_seconds = 0.0
+    await deliver(rt, now=row["next_attempt_at"])
+    assert (await delivery_row(rt, event_id, endpoint["id"]))["status"] == "succeeded"
+    actions = await sql(
+        rt, "SELECT action FROM audit_log WHERE target_id = :t ORDER BY seq", t=endpoint["id"]
+    )
+    assert [a["action"] for a in actions] == ["webhooks.endpoint_created"]
