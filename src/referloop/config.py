@@ -130,19 +130,42 @@ class Settings(BaseSettings):
     analytics_click_recount_days: int = Field(default=2, ge=0, le=31)
 
     # Partner API: per-key rate limit (a key may carry its own), bulk CSV bounds.
-    partner_rate_limit: str = "600/minute"
-    partner_csv_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
-    partner_csv_max_rows: int = Field(default=10_000, ge=1, le=100_000)
+    partner_rate_limit: str = Field(
+        default="600/minute", description="Calls per partner API key (a key may carry its own limit)"
+    )
+    partner_csv_max_bytes: int = Field(
+        default=5 * 1024 * 1024,
+        ge=1024,
+        le=100 * 1024 * 1024,
+        description="Largest outcome CSV file accepted",
+    )
+    partner_csv_max_rows: int = Field(
+        default=10_000, ge=1, le=100_000, description="Most rows in one outcome CSV file"
+    )
 
     # Outbound webhooks (Standard Webhooks): retries back off exponentially for `retry_window`;
     # an endpoint that has only failed for `disable_after` is disabled and its owner emailed.
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
-    webhook_retry_base_seconds: float = Field(default=10.0, gt=0)
-    webhook_retry_max_seconds: float = Field(default=8 * 3600.0, gt=0)
-    webhook_retry_window_seconds: int = Field(default=3 * 86400, ge=60)
-    webhook_disable_after_seconds: int = Field(default=3 * 86400, ge=60)
-    webhook_delivery_batch_size: int = Field(default=100, ge=1, le=1000)
-    webhook_delivery_concurrency: int = Field(default=20, ge=1, le=200)
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=60, description="Time a receiver has to answer one delivery"
+    )
+    webhook_retry_base_seconds: float = Field(
+        default=10.0, gt=0, description="First retry delay; it doubles with each failure"
+    )
+    webhook_retry_max_seconds: float = Field(
+        default=8 * 3600.0, gt=0, description="Longest delay between two retries"
+    )
+    webhook_retry_window_seconds: int = Field(
+        default=3 * 86400, ge=60, description="A delivery is retried this long, then marked failed"
+    )
+    webhook_disable_after_seconds: int = Field(
+        default=3 * 86400, ge=60, description="An endpoint failing without a success this long is disabled"
+    )
+    webhook_delivery_batch_size: int = Field(
+        default=100, ge=1, le=1000, description="Deliveries one run of the sender job claims"
+    )
+    webhook_delivery_concurrency: int = Field(
+        default=20, ge=1, le=200, description="Deliveries sent at once by one worker"
+    )
 
     # Observability
     log_level: str = "INFO"
