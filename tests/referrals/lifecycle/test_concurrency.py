@@ -34,8 +34,8 @@ AMOUNT = 100_000
 
 @pytest.fixture
 async def wide_runtime(database_url: str, redis_url: str, tmp_var: Path) -> AsyncIterator[Runtime]:
-    """A runtime whose pool lets 50 transactions run at once, for this test only."""
-    rt = Runtime.build(make_settings(database_url, redis_url, tmp_var, db_pool_size=50, db_max_overflow=0))
+    """A runtime whose pool lets 30 transactions run at once, for this test only."""
+    rt = Runtime.build(make_settings(database_url, redis_url, tmp_var, db_pool_size=30, db_max_overflow=0))
     yield rt
     await rt.close()
 

@@ -33,6 +33,10 @@ from tests.referrals.lifecycle.helpers import (
 )
 
 
+def keyed(staff: Any) -> dict[str, str]:
+    return {**staff.auth, "Idempotency-Key": str(uuid.uuid4())}
+
+
 async def counts(rt: Runtime, referral_id: uuid.UUID) -> dict[str, int]:
     [row] = await sql(
         rt,
@@ -57,14 +61,19 @@ class TestFraudHold:
         referral = await invite(runtime, referrer, cat.program_id, email=email)
         await report(runtime, cat.university_id, "application_submitted", email=email)
 
-        r = await client.post(
-            f"/v1/staff/referrals/{referral}/fraud-hold",
-            json={"reason": "same device as referrer"},
-            headers=support.auth,
-        )
+        hold = {"reason": "same device as referrer"}
+        headers = keyed(support)
+        r = await client.post(f"/v1/staff/referrals/{referral}/fraud-hold", json=hold, headers=headers)
         assert r.status_code == 200, r.text
         assert (r.json()["state"], r.json()["held_from_state"]) == ("fraud_hold", "applied")
         assert r.json()["allowed_transitions"] == ["lift_hold"]
+        # A retry with the same key answers the first result; a new request is refused.
+        again = await client.post(f"/v1/staff/referrals/{referral}/fraud-hold", json=hold, headers=headers)
+        assert again.status_code == 200 and again.json() == r.json()
+        fresh = await client.post(
+            f"/v1/staff/referrals/{referral}/fraud-hold", json=hold, headers=keyed(support)
+        )
+        assert fresh.status_code == 409 and fresh.json()["allowed"] == ["lift_hold"]
 
         # The partner still reports; the state underneath moves, but nothing is granted.
         assert (await report(runtime, cat.university_id, "enrolled", email=email)).state == "fraud_hold"
@@ -75,7 +84,7 @@ class TestFraudHold:
         r = await client.post(
             f"/v1/staff/referrals/{referral}/fraud-hold/lift",
             json={"reason": "checked: different person"},
-            headers=support.auth,
+            headers=keyed(support),
         )
         assert r.status_code == 200, r.text
         assert r.json()["state"] == "enrolled" and r.json()["held_from_state"] is None
@@ -109,12 +118,12 @@ class TestFraudHold:
         before = await counts(runtime, referral)
 
         r = await client.post(
-            f"/v1/staff/referrals/{referral}/fraud-hold", json={"reason": "x"}, headers=support.auth
+            f"/v1/staff/referrals/{referral}/fraud-hold", json={"reason": "x"}, headers=keyed(support)
         )
         assert r.status_code == 409
         assert r.json()["code"] == "illegal_transition" and r.json()["allowed"] == []
         r = await client.post(
-            f"/v1/staff/referrals/{referral}/fraud-hold/lift", json={"reason": "x"}, headers=support.auth
+            f"/v1/staff/referrals/{referral}/fraud-hold/lift", json={"reason": "x"}, headers=keyed(support)
         )
         assert r.status_code == 409 and r.json()["current_state"] == "rejected"
 

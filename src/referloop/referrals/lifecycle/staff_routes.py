@@ -4,13 +4,22 @@ hold. Holds are audited with the staff member and their reason."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from referloop.core.context import RequestContext
 from referloop.core.deps import ContextDep, ReadSession, WriteSession
 from referloop.core.errors import problem_responses
+from referloop.core.idempotency import (
+    idempotency_key_header,
+    member_scope,
+    request_fingerprint,
+    run_idempotent,
+)
 from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from referloop.identity.deps import require_staff
 from referloop.identity.models import Role
@@ -24,6 +33,7 @@ router = APIRouter(
 )
 
 ReferralStaff = Annotated[Principal, Depends(require_staff(Role.support))]
+IdempotencyKey = Annotated[str, Depends(idempotency_key_header)]
 Cursor = Annotated[str | None, Query(max_length=300, pattern=r"^[A-Za-z0-9_-]+$")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
@@ -62,6 +72,31 @@ async def get_referral(referral_id: uuid.UUID, _: ReferralStaff, session: ReadSe
     return await _detail(session, referral_id)
 
 
+async def _hold_action(
+    session: AsyncSession,
+    request: Request,
+    actor: Principal,
+    key: str,
+    body: FraudHoldRequest,
+    referral_id: uuid.UUID,
+    action: Callable[[AsyncSession, Principal, uuid.UUID, str, RequestContext], Awaitable[object]],
+    ctx: RequestContext,
+) -> JSONResponse:
+    """A retried hold or lift (same Idempotency-Key and body) answers the first result, not a 409."""
+
+    async def handler() -> tuple[int, StaffReferralDetail]:
+        await action(session, actor, referral_id, body.reason, ctx)
+        return 200, await _detail(session, referral_id)
+
+    return await run_idempotent(
+        session,
+        scope=member_scope("referrals.fraud_hold", actor.user_id),
+        key=key,
+        fingerprint=request_fingerprint(request, body),
+        handler=handler,
+    )
+
+
 @router.post(
     "/{referral_id}/fraud-hold",
     response_model=StaffReferralDetail,
@@ -70,14 +105,17 @@ async def get_referral(referral_id: uuid.UUID, _: ReferralStaff, session: ReadSe
 async def place_fraud_hold(
     referral_id: uuid.UUID,
     body: FraudHoldRequest,
+    request: Request,
     actor: ReferralStaff,
     session: WriteSession,
     ctx: ContextDep,
-) -> StaffReferralDetail:
+    idempotency_key: IdempotencyKey,
+) -> JSONResponse:
     """Freeze a referral: no reward is granted or released while it is held. Partner reports still
     move the state underneath. 409 (naming what is allowed) for a referral that is closed or held."""
-    await staff.place_fraud_hold(session, actor, referral_id, body.reason, ctx)
-    return await _detail(session, referral_id)
+    return await _hold_action(
+        session, request, actor, idempotency_key, body, referral_id, staff.place_fraud_hold, ctx
+    )
 
 
 @router.post(
@@ -88,10 +126,13 @@ async def place_fraud_hold(
 async def lift_fraud_hold(
     referral_id: uuid.UUID,
     body: FraudHoldRequest,
+    request: Request,
     actor: ReferralStaff,
     session: WriteSession,
     ctx: ContextDep,
-) -> StaffReferralDetail:
+    idempotency_key: IdempotencyKey,
+) -> JSONResponse:
     """Return a held referral to the state it was in (or has since reached through partner reports)."""
-    await staff.lift_fraud_hold(session, actor, referral_id, body.reason, ctx)
-    return await _detail(session, referral_id)
+    return await _hold_action(
+        session, request, actor, idempotency_key, body, referral_id, staff.lift_fraud_hold, ctx
+    )
