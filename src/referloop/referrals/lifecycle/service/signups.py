@@ -6,8 +6,8 @@ is for the program the sign-up came through (or the sign-up came through a plain
 no invitation), a referral is created in signed_up. Invitations of the same person by other members
 stay as they are and expire: the attribution (last click wins) decided the referrer.
 
-Idempotent: the consumer framework handles an event once, and a replay finds the invitations no
-longer invited and the created referral already there (by attribution id)."""
+Idempotent: the consumer framework handles an event once, and a replay finds the referrals this
+sign-up already made or advanced (same referrer and referee) and adds nothing."""
 
 from __future__ import annotations
 
@@ -56,7 +56,16 @@ async def on_signup_attributed(
     ei = email_index(rt, referee.email) if referee.email else None
     pi = phone_index(rt, referee.phone) if referee.phone else None
 
-    done: list[uuid.UUID] = []
+    # What an earlier delivery of this sign-up already did (a replay then adds nothing).
+    prior = (
+        await session.execute(
+            select(Referral.id, Referral.program_id).where(
+                Referral.referee_id == referee.id, Referral.member_id == referrer_id
+            )
+        )
+    ).all()
+    done: list[uuid.UUID] = [r.id for r in prior]
+    covered: set[uuid.UUID | None] = {r.program_id for r in prior}
     same_person = [
         c
         for c in (Referral.email_index == ei if ei else None, Referral.phone_index == pi if pi else None)
@@ -97,19 +106,9 @@ async def on_signup_attributed(
                 at=at,
             )
             done.append(referral.id)
-        covered = {r.program_id for r in invited}
-    else:
-        covered = set()
+        covered |= {r.program_id for r in invited}
 
     if (program_id is not None and program_id not in covered) or (program_id is None and not done):
-        if attribution_id is not None:
-            existing = await session.scalar(
-                select(Referral.id).where(
-                    Referral.attribution_id == attribution_id, Referral.source == ReferralSource.signup.value
-                )
-            )
-            if existing is not None:
-                return [*done, existing]
         university_id = None
         if program_id is not None:
             program, _ = await get_program(session, program_id, include_retired=True)
