@@ -54,8 +54,8 @@ class Settings(BaseSettings):
     database_url: str = ""
     redis_url: str = ""
     amqp_url: str = ""
-    db_pool_size: int = Field(default=20, ge=1, le=500)
-    db_max_overflow: int = Field(default=10, ge=0, le=500)
+    db_pool_size: int = Field(default=30, ge=1, le=500)
+    db_max_overflow: int = Field(default=0, ge=0, le=500)
 
     # Tokens. PEM-encoded Ed25519 private keys; the first signs, all are published and accepted.
     jwt_private_keys: list[SecretStr] = Field(default_factory=list)

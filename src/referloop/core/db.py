@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, NewType
 
@@ -63,26 +62,16 @@ class Database:
             **kwargs,
         )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        # Reads run in autocommit: each SELECT is one round trip instead of BEGIN, SELECT, ROLLBACK.
+        # A read route that needs one snapshot across several queries opens its own transaction.
+        self.read_sessionmaker = async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+            expire_on_commit=False,
+            autoflush=False,
+        )
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-
-    async def write_session(self) -> AsyncIterator[AsyncWriteSession]:
-        """One transaction: committed when the caller finishes cleanly, rolled back on any error."""
-        async with self.sessionmaker() as session:
-            try:
-                yield AsyncWriteSession(session)
-                await session.commit()
-            except BaseException:
-                await session.rollback()
-                raise
-
-    async def read_session(self) -> AsyncIterator[AsyncReadSession]:
-        async with self.sessionmaker() as session:
-            try:
-                yield AsyncReadSession(session)
-            finally:
-                await session.rollback()
 
 
 def to_asyncpg_url(url: str) -> str:

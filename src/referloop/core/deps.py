@@ -14,15 +14,20 @@ from referloop.core.errors import AppError
 from referloop.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+def runtime_of(request: Request) -> Runtime:
     return cast(Runtime, request.app.state.runtime)
+
+
+async def get_runtime(request: Request) -> Runtime:
+    # async: a plain `def` dependency would run in a worker thread on every request.
+    return runtime_of(request)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 async def _write_session(request: Request) -> AsyncIterator[AsyncWriteSession]:
-    runtime = get_runtime(request)
+    runtime = runtime_of(request)
     async with runtime.db.sessionmaker() as session:
         try:
             yield AsyncWriteSession(session)
@@ -40,12 +45,9 @@ async def _write_session(request: Request) -> AsyncIterator[AsyncWriteSession]:
 
 
 async def _read_session(request: Request) -> AsyncIterator[AsyncReadSession]:
-    runtime = get_runtime(request)
-    async with runtime.db.sessionmaker() as session:
-        try:
-            yield AsyncReadSession(session)
-        finally:
-            await session.rollback()
+    runtime = runtime_of(request)
+    async with runtime.db.read_sessionmaker() as session:
+        yield AsyncReadSession(session)
 
 
 # scope="function": the transaction ends before the response is sent, so a client never sees
@@ -69,7 +71,7 @@ def client_ip(request: Request, trusted_proxies: int) -> str | None:
     return request.client.host if request.client else None
 
 
-def get_request_context(request: Request, runtime: RuntimeDep) -> RequestContext:
+async def get_request_context(request: Request, runtime: RuntimeDep) -> RequestContext:
     return RequestContext(
         request_id=getattr(request.state, "request_id", None),
         ip=client_ip(request, runtime.settings.trusted_proxy_count),

@@ -15,6 +15,12 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from referloop.core.errors import TooManyRequests
 
 
+def _retry_after(reset_time: float) -> int:
+    # The sliding-window counter estimates when a slot frees up; one second of margin makes sure a
+    # client that waits exactly Retry-After is not refused again.
+    return max(1, math.ceil(reset_time - time.time()) + 1)
+
+
 class RateLimiter:
     def __init__(self, redis_url: str, *, enabled: bool = True, namespace: str = "rl") -> None:
         url = redis_url.replace("redis://", "async+redis://", 1).replace("unix://", "async+redis+unix://", 1)
@@ -36,7 +42,7 @@ class RateLimiter:
         item = self._item(spec)
         if not await self._limiter.hit(item, *identifiers):
             stats = await self._limiter.get_window_stats(item, *identifiers)
-            raise TooManyRequests(max(1, math.ceil(stats.reset_time - time.time())))
+            raise TooManyRequests(_retry_after(stats.reset_time))
 
     async def check(self, spec: str, *identifiers: str) -> None:
         """Raise 429 if the limit is already exhausted, without counting a hit."""
@@ -45,7 +51,7 @@ class RateLimiter:
         item = self._item(spec)
         if not await self._limiter.test(item, *identifiers):
             stats = await self._limiter.get_window_stats(item, *identifiers)
-            raise TooManyRequests(max(1, math.ceil(stats.reset_time - time.time())))
+            raise TooManyRequests(_retry_after(stats.reset_time))
 
     async def close(self) -> None:
         """Close the storage's own Redis connection pool (the library opens one per storage)."""

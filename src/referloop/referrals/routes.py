@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
-from referloop.core.deps import ContextDep, ReadSession, RuntimeDep, WriteSession, client_ip, get_runtime
+from referloop.core.deps import ContextDep, ReadSession, RuntimeDep, WriteSession, client_ip
 from referloop.core.errors import problem_responses
 from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from referloop.identity.deps import CurrentMember
@@ -171,9 +171,7 @@ async def set_vanity_code(
 async def follow_link(request: Request, slug: Annotated[str, Path(max_length=40)]) -> Response:
     """A share link. Answers from Redis alone (no database query when warm); the click is recorded in
     the background. Known bots are redirected but counted apart and never credited."""
-    # The runtime is read from the app directly: `RuntimeDep` is a sync dependency, which FastAPI
-    # runs in a thread pool, a hop this hot route does not need.
-    rt = get_runtime(request)
+    rt = runtime_of(request)
     headers = request.headers
     redirect = await clicks.follow_link(
         rt,

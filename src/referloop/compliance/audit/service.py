@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import event, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
 
 from referloop.compliance.audit.models import AuditEntry
 from referloop.core.context import RequestContext
@@ -66,6 +67,40 @@ def _hashed_fields(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_HEAD_KEY = "audit_chain_head"
+
+
+def _forget_head(session: Session, previous_transaction: SessionTransaction) -> None:
+    # A rollback (of the transaction or of a savepoint) may have undone rows we chained onto.
+    session.info.pop(_HEAD_KEY, None)
+
+
+async def _chain_head(session: AsyncSession) -> tuple[int, bytes]:
+    """The next seq and the hash to chain onto. The first audit row of a transaction takes the chain
+    lock and reads the last row; later rows of the same transaction (a partner batch writes one per
+    item) reuse what this transaction last wrote, since the lock is held until it ends."""
+    head = session.info.get(_HEAD_KEY)
+    if head is not None:
+        seq, prev = head
+        return int(seq), bytes(prev)
+    sync_session = session.sync_session
+    if not event.contains(sync_session, "after_soft_rollback", _forget_head):
+        event.listen(sync_session, "after_soft_rollback", _forget_head)
+        event.listen(sync_session, "after_commit", _forget_on_commit)
+    await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK_KEY})
+    last = (
+        await session.execute(
+            select(AuditEntry.seq, AuditEntry.row_hash).order_by(AuditEntry.seq.desc()).limit(1)
+        )
+    ).first()
+    return (last[0] + 1, bytes(last[1])) if last else (1, GENESIS_HASH)
+
+
+def _forget_on_commit(session: Session) -> None:
+    # The lock ends with the transaction: the next transaction of this session must take it again.
+    session.info.pop(_HEAD_KEY, None)
+
+
 async def record(
     session: AsyncSession,
     *,
@@ -80,13 +115,7 @@ async def record(
 ) -> None:
     """Append one audit row in the caller's transaction (it is kept only if that commits)."""
     ctx = ctx or RequestContext()
-    await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK_KEY})
-    last = (
-        await session.execute(
-            select(AuditEntry.seq, AuditEntry.row_hash).order_by(AuditEntry.seq.desc()).limit(1)
-        )
-    ).first()
-    seq, prev_hash = (last[0] + 1, bytes(last[1])) if last else (1, GENESIS_HASH)
+    seq, prev_hash = await _chain_head(session)
     row: dict[str, Any] = {
         "seq": seq,
         "id": uuid7(),
@@ -105,6 +134,7 @@ async def record(
     row["prev_hash"] = prev_hash
     row["row_hash"] = _row_digest(prev_hash, _hashed_fields(row))
     await session.execute(insert(AuditEntry).values(**row))
+    session.info[_HEAD_KEY] = (seq + 1, row["row_hash"])
 
 
 @dataclass(frozen=True)

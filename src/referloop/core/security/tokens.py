@@ -12,6 +12,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 ALGORITHM = "EdDSA"
+MAX_TOKEN_LENGTH = 4096
+VERIFIED_CACHE_SIZE = 16_384  # about 10 MB of recently verified tokens per process
 
 
 def _b64url(data: bytes) -> str:
@@ -93,6 +96,8 @@ class TokenSigner:
         self._by_kid = {k.kid: k for k in keys}
         self.issuer = issuer
         self.ttl = timedelta(seconds=ttl_seconds)
+        # Failures raise, so only valid tokens are cached; the cache belongs to this signer (its keys).
+        self._verify_signature = lru_cache(maxsize=VERIFIED_CACHE_SIZE)(self._verify_uncached)
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [k.jwk() for k in self.keys]}
@@ -114,6 +119,18 @@ class TokenSigner:
         return token, int(self.ttl.total_seconds())
 
     def verify(self, token: str) -> AccessClaims:
+        """Verify an access token. A token is checked cryptographically once per process (an LRU
+        of verified claims): a client sends the same token for its whole 15-minute life, and the
+        signature check is the most expensive step of an authenticated request. Expiry is re-checked
+        on every call; revocation is checked by the caller (Redis), not here."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidToken("token too long")
+        claims = self._verify_signature(token)
+        if claims.expires_at <= datetime.now(UTC):
+            raise InvalidToken("token expired")
+        return claims
+
+    def _verify_uncached(self, token: str) -> AccessClaims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
