@@ -7,14 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
-from collections.abc import Callable
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
 
+import asyncpg
+import pytest
 from fastapi import FastAPI
 
 from referloop import ledger
+from referloop.app import create_app
+from referloop.cli import run_migrations
 from referloop.payouts.withdrawals.service.payouts import FAULT_AFTER_PROVIDER_CALL
 from referloop.runtime import Runtime
+from tests.conftest import make_settings
 from tests.factories import asgi_client, credit_member, db_value, register_member
 from tests.fakes import FakeRazorpayX, provider_env
 from tests.notifications.support import start_worker, worker_env
@@ -41,11 +50,47 @@ async def wait_until(rt: Runtime, sql: str, timeout: float = 60.0, **params: obj
             await asyncio.sleep(0.1)
 
 
+@pytest.fixture
+def own_database_url() -> Iterator[str]:
+    """A database of this test's own: the worker drains every pending event of the database it
+    serves, and the shared test database holds other tests' events (some for slow consumers)."""
+    admin_url = os.environ.get("TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/postgres")
+    name = f"referloop_test_crash_{uuid.uuid4().hex[:12]}"
+
+    async def execute(sql: str) -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(execute(f'CREATE DATABASE "{name}"'))
+    url = urlsplit(admin_url)._replace(path=f"/{name}").geturl()
+    try:
+        run_migrations(url)
+        yield url
+    finally:
+        asyncio.run(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 async def test_worker_killed_after_the_provider_call_pays_once_on_retry(
-    app_factory: Callable[..., FastAPI], fake_razorpayx: FakeRazorpayX
+    own_database_url: str, redis_url: str, tmp_var: Path, fake_razorpayx: FakeRazorpayX
 ) -> None:
-    app = app_factory(payout_provider="razorpayx", **provider_overrides(fake_razorpayx))
-    rt: Runtime = app.state.runtime
+    settings = make_settings(
+        own_database_url,
+        redis_url,
+        tmp_var,
+        payout_provider="razorpayx",
+        **provider_overrides(fake_razorpayx),
+    )
+    rt = Runtime.build(settings)
+    try:
+        await _crash_and_retry(create_app(rt.settings, runtime=rt), rt, fake_razorpayx)
+    finally:
+        await rt.close()
+
+
+async def _crash_and_retry(app: FastAPI, rt: Runtime, fake_razorpayx: FakeRazorpayX) -> None:
     async with asgi_client(app) as client:
         member = await register_member(client)
         await credit_member(rt, member.id, 9_000)
@@ -59,7 +104,7 @@ async def test_worker_killed_after_the_provider_call_pays_once_on_retry(
     crashing = await start_worker(
         env | {"REFERLOOP_FAULT_INJECT": f"{FAULT_AFTER_PROVIDER_CALL}:{withdrawal_id}"}
     )
-    stderr = await asyncio.wait_for(drain(crashing), 60)
+    stderr = await asyncio.wait_for(drain(crashing), 90)
     assert await crashing.wait() == 137, stderr.decode()
     assert b"fault injected at payouts.after_provider_call" in stderr
 
