@@ -84,7 +84,8 @@ CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 class Plan:
     members: int
     programs: int
-    links: int
+    sharing: int  # referrers whose links are requested
+    links: int  # requests in the measured lists (distinct or not)
     warmup_s: float
     saturation_s: float
     fixed_s: float
@@ -94,8 +95,8 @@ class Plan:
     @classmethod
     def for_options(cls, options: BenchOptions) -> Plan:
         if options.quick:
-            return cls(2_000, 5, 5_000, 1, 3, 3, 1, 2_000)
-        return cls(20_000, 20, 100_000, 5, 15, 20, 2, 10_000)
+            return cls(2_000, 5, 1_000, 5_000, 1, 3, 3, 1, 2_000)
+        return cls(20_000, 20, 5_000, 100_000, 5, 15, 20, 2, 10_000)
 
 
 def redis_url_for_bench(url: str) -> str:
@@ -297,13 +298,31 @@ def saturate(wrk: str | None, workload: Workload, seconds: float) -> LoadResult:
 
 
 def write_redirect_inputs(workdir: Path, base_url: str, cat: Catalogue, plan: Plan) -> dict[str, Workload]:
+    """The measured list: `plan.links` requests over the links of `plan.sharing` referrers (one in
+    four of the members shares links in a given few minutes), shuffled. The warm-up list touches each
+    of those referrers' codes and each program once, so the measured runs find the link cache warm,
+    as a live server does (its entries live `referral_link_cache_ttl_seconds`, 5 minutes)."""
     rng = random.Random(5)
-    slugs = [f"{rng.choice(cat.codes)}-{rng.choice(cat.short_codes)}" for _ in range(plan.links)]
+    sharing = cat.codes[: plan.sharing]
+    slugs = [f"{rng.choice(sharing)}-{rng.choice(cat.short_codes)}" for _ in range(plan.links)]
     items = write_items(workdir / "slugs.txt", slugs)
+    warm = [f"{code}-{cat.short_codes[i % len(cat.short_codes)]}" for i, code in enumerate(sharing)]
+    warm_items = write_items(workdir / "warm-slugs.txt", warm)
     return {
+        "warm": BrowserWorkload("warm", f"{base_url}/r/", "path", warm_items, once=True),
         "bare": BrowserWorkload("bare", f"{base_url}/bench/redirect/", "path", items),
         "redirect": BrowserWorkload("redirect", f"{base_url}/r/", "path", items),
     }
+
+
+def warm_link_cache(workloads: dict[str, Workload]) -> LoadResult:
+    """Every sharing referrer's code and every program resolved once (Python closed loop: it stops
+    when the list is used up)."""
+    warm = workloads.pop("warm")
+    log(f"warming the link cache: {len(warm.items()):,} links, each once")
+    result = run_saturation(None, warm, connections=CONNECTIONS, duration_s=300)
+    log(f"warmed in {result.duration_s:.1f} s ({result.rps:,.0f} rps, cache misses mostly)")
+    return result
 
 
 def smoke_check_redirects(workloads: dict[str, Workload]) -> None:
@@ -552,7 +571,8 @@ def results_document(
         "setup": {
             "members": plan.members,
             "programs": plan.programs,
-            "distinct_links": plan.links,
+            "sharing_referrers": plan.sharing,
+            "requests_list": plan.links,
             "api_workers": 1,
             "connections": CONNECTIONS,
             "saturation_seconds": plan.saturation_s,
@@ -577,8 +597,10 @@ def markdown_section(doc: dict[str, Any]) -> str:
         "",
         f"- Date: {doc['date']}",
         f"- Machine: {machine_line(doc['machine'])}",
-        f"- Setup: {setup['members']:,} referrers, {setup['programs']} programs, {setup['distinct_links']:,} "
-        "distinct share links requested in a shuffled order, one API worker (`referloop serve --workers 1`), "
+        f"- Setup: {setup['members']:,} members, {setup['programs']} programs; the links of "
+        f"{setup['sharing_referrers']:,} of them requested in a shuffled list of {setup['requests_list']:,}, "
+        "after a pass that resolves each of their codes once (the link cache is warm, as on a live server); "
+        "one API worker (`referloop serve --workers 1`), "
         "PostgreSQL, Redis and the load generators on the same machine, a browser's User-Agent (bots take "
         f"a cheaper path). Saturation: {setup['connections']} connections for {setup['saturation_seconds']:g} s "
         f"({setup['saturation_tool']}); latency at a fixed {setup['fixed_rate_rps']:,.0f} rps for "
@@ -683,6 +705,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         with server:
             workloads = write_redirect_inputs(workdir, server.base_url, cat, plan)
             smoke_check_redirects(workloads)
+            warm_link_cache(workloads)
             measured = measure_redirects(server, wrk, workloads, plan, database_url)
             log("flushing the buffered clicks and rolling them up")
             clicks = asyncio.run(flush_and_count(database_url, redis_url, workdir / "var"))
@@ -969,8 +992,10 @@ def run_outcomes(
                 all_pending_after = time.monotonic() - posted["last_answer_monotonic"]
                 break
             time.sleep(0.1)
+        worker_log = ""
         if all_pending_after is None:
-            log(f"rewards not all pending after 120 s: {counts}\n{worker.log_tail()}")
+            worker_log = worker.log_tail(15)
+            log(f"rewards not all pending after 120 s: {counts}\n{worker_log}")
         p95 = posted["p95"]
         missed = p95 is None or p95 >= TARGET_BATCH_P95_S or all_pending_after is None
         missed = missed or all_pending_after >= TARGET_PENDING_S
@@ -998,6 +1023,8 @@ def run_outcomes(
     }
     if profile is not None:
         out["profile"] = profile
+    if worker_log:
+        out["worker_log_tail"] = worker_log.splitlines()
     return out
 
 

@@ -56,7 +56,7 @@ def test_registered():
 
 
 def test_targets_and_section():
-    plan = referrals.Plan(1000, 2, 100, 1, 1, 1, 1, 1000)
+    plan = referrals.Plan(1000, 2, 500, 100, 1, 1, 1, 1, 1000)
     outcomes = {"items": 1000, "batches": 1, "batch_p95_s": 2.5, "all_pending_after_s": 3.0, "applied": 1000}
     doc = referrals.results_document(_measured(4000, 3000, 8.0), CLICKS, outcomes, MACHINE, plan, "wrk")
     assert doc["ratios"] == {"redirect_vs_bare_rps": 0.75}
