@@ -49,7 +49,7 @@ class IdempotencyRecord(Base):
     __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
 
 
-def idempotency_key_header(
+async def idempotency_key_header(
     idempotency_key: Annotated[
         str,
         Header(
