@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from bench.common import (
     LUA_SCRIPT,
     RESULTS_DIR,
+    WORK_DIR,
     BenchOptions,
     LoadResult,
     Server,
@@ -655,7 +656,7 @@ def markdown_section(doc: dict[str, Any]) -> str:
             lines += [
                 "",
                 f"Where the {process}'s time goes during two more batches (py-spy, {prof['samples']:,} samples; "
-                f"stacks in `bench/results/{NAME}-outcomes-{process}-profile.collapsed`):",
+                f"stacks in `bench/.work/{NAME}-outcomes-{process}-profile.collapsed`, not kept in git):",
                 "",
                 "| component | share of samples % |",
                 "| --- | ---: |",
@@ -670,7 +671,7 @@ def markdown_section(doc: dict[str, Any]) -> str:
         lines += [
             "",
             f"Where the API worker's time goes under `/r/{{slug}}` load (py-spy, {profile['samples']:,} samples; "
-            f"stacks in `bench/results/{NAME}-redirect-profile.collapsed`), by the library of the innermost "
+            f"stacks in `bench/.work/{NAME}-redirect-profile.collapsed`, not kept in git), by the library of the innermost "
             "Python frame:",
             "",
             "| component | share of samples % |",
@@ -719,7 +720,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
             if options.profile or (missed and not options.quick):
                 writing = options.write and not options.quick
                 profile_raw = profile_redirect(
-                    server, wrk, workloads["redirect"], RESULTS_DIR if writing else workdir
+                    server, wrk, workloads["redirect"], WORK_DIR if writing else workdir
                 )
                 asyncio.run(reset_click_stream(redis_url))  # the profiling load's clicks are not counted
         outcomes = run_outcomes(options, plan, database_url, redis_url, workdir, cat, pem)
@@ -1055,7 +1056,7 @@ def profile_outcomes(
     server: Server, worker: Worker, setup: OutcomeSetup, options: BenchOptions, workdir: Path
 ) -> dict[str, Any]:
     """Two more batches (spare referrals) with py-spy on the server and on the worker."""
-    out_dir = RESULTS_DIR if options.write and not options.quick else workdir
+    out_dir = WORK_DIR if options.write and not options.quick else workdir
     out_dir.mkdir(parents=True, exist_ok=True)
     raws = {"server": out_dir / f"{NAME}-outcomes-server-profile.collapsed"}
     spies = {"server": _record(server.pid, raws["server"])}
