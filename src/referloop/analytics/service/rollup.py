@@ -6,8 +6,8 @@ never counts twice. When a later-arriving event says a step happened earlier (ou
 or a real report replaces an implied one, the milestone takes the earlier time and, if its day changes,
 its count moves from the old day's row to the new one (-1 there, +1 here) in the same transaction.
 
-The usual event (every step new) costs two statements: one multi-row insert of the milestones, one
-upsert of the day's row adding 1 to each new step's column."""
+The usual event (every step new) costs one statement (see `_RECORD`); the rest (a better time for a
+known step, a program named after the sign-up) is rare and takes a few more."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, text, update
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -94,44 +95,70 @@ async def _improve(session: AsyncSession, key: ReferralKey, step: Step, at: date
     return True
 
 
+_STEP_COLUMNS = ", ".join(s.value for s in Step)
+# The usual event in one round trip: insert the milestones not known yet, add 1 per new one to the
+# day's row (a column of a step not inserted gets + 0), and say whether the referral has milestones
+# recorded before it had a program. Column names come from the Step enum, never from input.
+_RECORD = text(
+    f"""
+WITH wanted AS (
+    SELECT unnest(CAST(:steps AS text[])) AS step, unnest(CAST(:implied AS boolean[])) AS implied
+), ins AS (
+    INSERT INTO analytics_milestones
+        (referral_id, step, at, day, implied, referrer_id, program_id, university_id, campaign_id)
+    SELECT :referral_id, step, :at, :day, implied, :referrer_id, :program_id, :university_id, :campaign_id
+    FROM wanted
+    ON CONFLICT (referral_id, step) DO NOTHING
+    RETURNING step
+), counted AS (
+    INSERT INTO analytics_funnel_daily (day, program_id, campaign_id, referrer_id, university_id, {_STEP_COLUMNS})
+    SELECT :day, :program_id, :campaign_id, :referrer_id, :university_id,
+        {", ".join(f"count(*) FILTER (WHERE step = '{s.value}')" for s in Step)}
+    FROM ins
+    HAVING count(*) > 0
+    ON CONFLICT (day, program_id, campaign_id, referrer_id) DO UPDATE SET
+        {", ".join(f"{s.value} = analytics_funnel_daily.{s.value} + EXCLUDED.{s.value}" for s in Step)}
+    RETURNING 1
+)
+SELECT
+    coalesce((SELECT array_agg(step) FROM ins), CAST('{{}}' AS text[])) AS inserted,
+    CAST(:program_id AS uuid) IS NOT NULL AND EXISTS (
+        SELECT 1 FROM analytics_milestones
+        WHERE referral_id = :referral_id AND program_id IS NULL
+    ) AS homeless
+"""  # noqa: S608 - column names from the Step enum, values bound
+).bindparams(
+    bindparam("referral_id", type_=UUID(as_uuid=True)),
+    bindparam("referrer_id", type_=UUID(as_uuid=True)),
+    bindparam("program_id", type_=UUID(as_uuid=True)),
+    bindparam("university_id", type_=UUID(as_uuid=True)),
+    bindparam("campaign_id", type_=UUID(as_uuid=True)),
+)
+
+
 async def record_steps(
     session: AsyncSession, key: ReferralKey, steps: Sequence[tuple[Step, bool]], at: datetime
 ) -> None:
     """Record that the referral reached each `(step, implied)` at `at`."""
-    day = utc_day(at)
-    inserted = set(
-        await session.scalars(
-            pg_insert(Milestone)
-            .values(
-                [
-                    {
-                        "referral_id": key.referral_id,
-                        "step": step.value,
-                        "at": at,
-                        "day": day,
-                        "implied": implied,
-                        "referrer_id": key.referrer_id,
-                        "program_id": key.program_id,
-                        "university_id": key.university_id,
-                        "campaign_id": key.campaign_id,
-                    }
-                    for step, implied in steps
-                ]
-            )
-            .on_conflict_do_nothing(index_elements=["referral_id", "step"])
-            .returning(Milestone.step)
+    row = (
+        await session.execute(
+            _RECORD,
+            {
+                "steps": [step.value for step, _ in steps],
+                "implied": [implied for _, implied in steps],
+                "referral_id": key.referral_id,
+                "at": at,
+                "day": utc_day(at),
+                "referrer_id": key.referrer_id,
+                "program_id": key.program_id,
+                "university_id": key.university_id,
+                "campaign_id": key.campaign_id,
+            },
         )
-    )
-    if inserted:
-        await _add_to_day(
-            session,
-            day,
-            key.program_id,
-            key.campaign_id,
-            key.referrer_id,
-            key.university_id,
-            {Step(s): 1 for s in inserted},
-        )
+    ).one()
+    inserted = set(row.inserted)
+    if row.homeless:
+        await _adopt_program(session, key)
     for step, implied in steps:
         if step.value not in inserted:
             await _improve(session, key, step, at, implied)
@@ -174,6 +201,5 @@ async def _adopt_program(session: AsyncSession, key: ReferralKey) -> None:
 
 async def record_reached(session: AsyncSession, key: ReferralKey, step: Step, at: datetime) -> None:
     """A referral reached `step`: record it, and the funnel steps before it as implied ones."""
-    await _adopt_program(session, key)
     earlier = FUNNEL[: FUNNEL.index(step)] if step in FUNNEL else ()
     await record_steps(session, key, [*((s, True) for s in earlier), (step, False)], at)
