@@ -88,3 +88,14 @@ def test_browser_workload_sends_a_browser_user_agent(tmp_path: Path):
 
 def test_bench_redis_database_is_its_own():
     assert referrals.redis_url_for_bench("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/13"
+
+
+def test_two_worker_fixed_rate_has_its_own_target():
+    plan = referrals.Plan(1000, 2, 500, 100, 1, 1, 1, 1, 1000)
+    measured = _measured(4000, 3000, 30.0)
+    two = {name: m.fixed for name, m in _measured(4000, 3000, 6.0).items()}
+    doc = referrals.results_document(measured, CLICKS, None, MACHINE, plan, "wrk", two)
+    assert not doc["targets"]["redirect_p99_ms_at_2000_rps"]["met"]
+    assert doc["targets"]["redirect_p99_ms_at_2000_rps_2_api_workers"]["met"]
+    assert doc["runs"]["redirect"]["fixed_rate_2_workers"]["p99_ms"] == 6.0
+    assert "**6.00 ms** with two" in referrals.markdown_section(doc)
