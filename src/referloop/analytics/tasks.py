@@ -2,7 +2,10 @@
 
 Consumers take the lifecycle's outbox events (payload keys per the referrals contract: ids as
 strings, times RFC 3339). The consumer framework records each handled event in the inbox, and the
-milestone table makes the counters idempotent on their own as well (see `service/rollup.py`)."""
+milestone table makes the counters idempotent on their own as well (see `service/rollup.py`).
+
+`rewards.*` events are not consumed: the funnel's last step, rewarded, is the lifecycle's own state
+change (made when the enrolment reward is released), and reward amounts are the ledger's business."""
 
 from __future__ import annotations
 
