@@ -4,7 +4,9 @@ from referloop.settings_doc import settings_table
 
 
 def test_every_setting_says_what_it_does():
-    undocumented = [name for name, field in Settings.model_fields.items() if not (field.description or "").strip()]
+    undocumented = [
+        name for name, field in Settings.model_fields.items() if not (field.description or "").strip()
+    ]
     assert undocumented == []
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
-from referloop.core.deps import ContextDep, ReadSession, RuntimeDep, WriteSession, client_ip
+from referloop.core.deps import ContextDep, ReadSession, RuntimeDep, WriteSession, client_ip, runtime_of
 from referloop.core.errors import problem_responses
 from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from referloop.identity.deps import CurrentMember
