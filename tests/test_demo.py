@@ -69,3 +69,13 @@ async def test_seed_demo_makes_accounts_that_sign_in_and_runs_twice_safely(runti
     assert funnel.totals["enrolled"] >= 3  # enrolled, rewarded, reversed
     assert funnel.totals["rewarded"] >= 1
     assert funnel.totals["fraud_hold"] >= 1
+    # Two weeks of clicks, counted by the click job (or its recount): the funnel starts with them.
+    from referloop.analytics.service.clicks import catch_up_clicks
+    from referloop.referrals.service.clicks import click_counts
+
+    await catch_up_clicks(runtime, settle_seconds=0)
+    async with runtime.db.sessionmaker() as session:
+        funnel = await member_funnel(session, uuid.UUID(str(referrer.id)))
+        stored = await click_counts(session, member_id=referrer.id)
+    assert 0 < funnel.totals["clicks"] <= stored.human
+    assert funnel.conversion["click_to_signup"] is not None

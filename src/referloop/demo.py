@@ -71,6 +71,8 @@ async def seed_demo(rt: Runtime) -> list[str]:
     async with rt.db.sessionmaker() as session, session.begin():
         for step in SEED_STEPS:
             lines += await step(session, rt)
+    for after in AFTER_COMMIT_STEPS:
+        lines += await after(rt)
     lines.append(f"every demo account's password: {DEMO_PASSWORD} (staff enrol TOTP at first sign-in)")
     return lines
 
@@ -308,14 +310,27 @@ async def _demo_referral(
         )
 
 
-async def _demo_clicks(rt: Runtime, referrer: User, programs: list[Program]) -> int:
-    """Two weeks of share-link clicks (a few by bots), stored as the click flusher stores them."""
+async def seed_clicks(rt: Runtime) -> list[str]:
+    """Two weeks of share-link clicks (a few by bots) on the demo programs, stored as the click
+    flusher stores them. Runs after the seed's commit: the click job joins the programs."""
+    from referloop.analytics.service.clicks import recount_clicks
     from referloop.referrals.service.clicks import click_counts, store_clicks
 
     async with rt.db.sessionmaker() as session:
+        referrer = await session.scalar(select(User).where(User.email == DEMO_MEMBERS[0][0]))
+        programs = list(
+            await session.scalars(
+                select(Program)
+                .join(University, University.id == Program.university_id)
+                .where(University.slug.in_([u[0] for u in DEMO_UNIVERSITIES]), Program.deleted_at.is_(None))
+                .order_by(Program.slug)
+            )
+        )
+        if referrer is None or not programs:
+            return []
         counts = await click_counts(session, member_id=referrer.id)
     if counts.human or counts.bot:
-        return 0
+        return []
     rng = random.Random(5)
     now = utcnow()
     rows: list[dict[str, Any]] = []
@@ -336,7 +351,11 @@ async def _demo_clicks(rt: Runtime, referrer: User, programs: list[Program]) -> 
                     "is_bot": bot,
                 }
             )
-    return await store_clicks(rt, rows)
+    stored = await store_clicks(rt, rows)
+    # Clicks stored below the click job's watermark (a worker ran before the seed) are counted by
+    # the recount; with no watermark yet, the job starts at the oldest click and counts them all.
+    await recount_clicks(rt, days=DEMO_CLICK_DAYS + 1)
+    return [f"created clicks     {stored} over {DEMO_CLICK_DAYS} days for {referrer.email}"]
 
 
 async def seed_referrals(session: AsyncSession, rt: Runtime) -> list[str]:
@@ -356,10 +375,9 @@ async def seed_referrals(session: AsyncSession, rt: Runtime) -> list[str]:
         if taken is None:
             await _demo_referral(session, rt, actor, referrer, program_list[i % len(program_list)], lead)
             lines.append(f"created referral   {lead[2]:10} {lead[1]}")
-    stored = await _demo_clicks(rt, referrer, program_list)
-    if stored:
-        lines.append(f"created clicks     {stored} over {DEMO_CLICK_DAYS} days for {referrer.email}")
     return lines
 
 
 SEED_STEPS: list[SeedStep] = [seed_identity, seed_referrals]
+# Steps that need the seed committed first (each runs its own transactions).
+AFTER_COMMIT_STEPS: list[Callable[[Runtime], Awaitable[list[str]]]] = [seed_clicks]

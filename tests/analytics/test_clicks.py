@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from referloop.analytics.service.clicks import recount_clicks, rollup_clicks
+from referloop.analytics.service.clicks import catch_up_clicks, recount_clicks
 from referloop.analytics.tasks import click_rollup_job
 from referloop.core.ids import uuid7
 from referloop.referrals.service.clicks import flush_all_clicks, store_clicks
@@ -56,10 +56,10 @@ async def test_every_click_is_counted_once_per_program_campaign_referrer_and_uni
     await follow(client, link["slug"], 7)
     await follow(client, link["slug"], 2, ua=BOT_UA)
     await flush_all_clicks(runtime)
-    first = await rollup_clicks(runtime, settle_seconds=0)
-    assert first.counted >= 9
-    again = await rollup_clicks(runtime, settle_seconds=0)  # nothing new: nothing added
-    assert again.counted == 0
+    first = await catch_up_clicks(runtime, settle_seconds=0)
+    assert first >= 9
+    again = await catch_up_clicks(runtime, settle_seconds=0)  # nothing new: nothing added
+    assert again == 0
 
     token = admin.access_token
     for name, value in (
@@ -78,13 +78,13 @@ async def test_every_click_is_counted_once_per_program_campaign_referrer_and_uni
 async def test_clicks_before_the_settle_delay_wait_for_the_next_run(
     client: httpx.AsyncClient, runtime: Runtime, admin: Admin, link: dict[str, Any]
 ):
-    await rollup_clicks(runtime, settle_seconds=0)
+    await catch_up_clicks(runtime, settle_seconds=0)
     await follow(client, link["slug"], 3)
     await flush_all_clicks(runtime)
-    await rollup_clicks(runtime, settle_seconds=3600)  # the default job waits for stragglers
+    await catch_up_clicks(runtime, settle_seconds=3600)  # the default job waits for stragglers
     body = await staff_funnel(client, admin.access_token, program_id=link["program"]["id"])
     assert body["totals"]["clicks"] == 0
-    await rollup_clicks(runtime, settle_seconds=0)
+    await catch_up_clicks(runtime, settle_seconds=0)
     body = await staff_funnel(client, admin.access_token, program_id=link["program"]["id"])
     assert body["totals"]["clicks"] == 3
 
@@ -94,7 +94,7 @@ async def test_concurrent_jobs_count_each_click_once(
 ):
     await follow(client, link["slug"], 5)
     await flush_all_clicks(runtime)
-    await asyncio.gather(*(rollup_clicks(runtime, settle_seconds=0) for _ in range(4)))
+    await asyncio.gather(*(catch_up_clicks(runtime, settle_seconds=0) for _ in range(4)))
     await click_rollup_job(runtime)  # the periodic job itself (default settle: counts nothing new)
     body = await staff_funnel(client, admin.access_token, program_id=link["program"]["id"])
     assert body["totals"]["clicks"] == 5
@@ -105,7 +105,7 @@ async def test_a_click_stored_late_is_counted_by_the_recount(
 ):
     await follow(client, link["slug"], 2)
     await flush_all_clicks(runtime)
-    await rollup_clicks(runtime, settle_seconds=0)
+    await catch_up_clicks(runtime, settle_seconds=0)
     # A click from yesterday reaching the table only now (the worker was down): below the watermark.
     yesterday = datetime.now(UTC) - timedelta(days=1)
     late = {
@@ -121,7 +121,7 @@ async def test_a_click_stored_late_is_counted_by_the_recount(
         "is_bot": False,
     }
     assert await store_clicks(runtime, [late]) == 1
-    await rollup_clicks(runtime, settle_seconds=0)
+    await catch_up_clicks(runtime, settle_seconds=0)
     params = {"program_id": link["program"]["id"], "from": str(yesterday.date())}
     body = await staff_funnel(client, admin.access_token, **params)
     assert body["totals"]["clicks"] == 2  # the incremental job does not see it...

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from referloop.analytics.service.clicks import rollup_clicks
+from referloop.analytics.service.clicks import catch_up_clicks
 from referloop.analytics.service.funnel import member_funnel
 from referloop.core.context import RequestContext
 from referloop.core.outbox.models import OutboxEvent
@@ -89,7 +89,7 @@ async def test_the_lifecycle_events_and_clicks_make_the_funnel(
     for event in [*reversed(events), *events]:
         await deliver(runtime, event.topic, dict(event.payload), event.id)
     await flush_all_clicks(runtime)
-    await rollup_clicks(runtime, settle_seconds=0)
+    await catch_up_clicks(runtime, settle_seconds=0)
 
     expected: dict[str, Any] = {
         "clicks": 4,

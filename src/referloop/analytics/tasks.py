@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.analytics.models import Step
-from referloop.analytics.service.clicks import recount_clicks, rollup_clicks
+from referloop.analytics.service.clicks import catch_up_clicks, recount_clicks
 from referloop.analytics.service.rollup import ReferralKey, record_reached
 from referloop.core.outbox.consumers import consumer
 from referloop.core.periodic import periodic
@@ -27,7 +27,6 @@ log = structlog.get_logger(__name__)
 
 REFERRAL_CREATED = "referrals.referral_created"
 STATE_CHANGED = "referrals.state_changed"
-MAX_SPANS_PER_RUN = 24  # a backlog is caught up max_span at a time, this many spans per run
 
 
 def _uuid(value: Any) -> uuid.UUID | None:
@@ -87,13 +86,7 @@ async def on_state_changed(
 
 @periodic("analytics.click_rollup", every=15)
 async def click_rollup_job(rt: Runtime) -> int:
-    counted = 0
-    for _ in range(MAX_SPANS_PER_RUN):
-        result = await rollup_clicks(rt)
-        counted += result.counted
-        if not result.behind:
-            break
-    return counted
+    return await catch_up_clicks(rt)
 
 
 @periodic("analytics.click_recount", every=3600)

@@ -19,6 +19,7 @@ are not recorded, so a click during a pause still counts for the campaign."""
 
 from __future__ import annotations
 
+import time as time_module
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -128,6 +129,20 @@ async def rollup_clicks(
             {"v": hi, "n": WATERMARK},
         )
     return ClickRollup(counted, hi, behind=hi < ready)
+
+
+async def catch_up_clicks(
+    rt: Runtime, *, settle_seconds: float | None = None, max_seconds: float = 10.0
+) -> int:
+    """`rollup_clicks` until it has read up to the settle delay (a backlog is read max_span at a
+    time), or for at most `max_seconds`; returns how many clicks it counted."""
+    counted = 0
+    deadline = time_module.monotonic() + max_seconds
+    while True:
+        step = await rollup_clicks(rt, settle_seconds=settle_seconds)
+        counted += step.counted
+        if not step.behind or time_module.monotonic() > deadline:
+            return counted
 
 
 def _day_start(day: date) -> datetime:
