@@ -36,8 +36,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal
 
-from sqlalchemy import and_, case, delete, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import case, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.compliance import audit
@@ -48,7 +47,6 @@ from referloop.ledger import is_currency
 from referloop.referrals.lifecycle.models import (
     FINAL_STATES,
     ActorType,
-    PartnerOutcome,
     Referral,
     ReferralSource,
     ReferralState,
@@ -311,6 +309,26 @@ async def _apply(
     return _result("applied", referral)
 
 
+# The receipt, first: a concurrent report with the same key waits here until this one commits.
+_RECEIPT = text(
+    "INSERT INTO partner_outcomes (university_id, external_ref, kind, status, occurred_at, created_at)"
+    " VALUES (:university_id, :external_ref, :kind, 'applied', :occurred_at, :now)"
+    " ON CONFLICT DO NOTHING RETURNING external_ref"
+)
+_STORED = text(
+    "SELECT referral_id, state, reason FROM partner_outcomes"
+    " WHERE university_id = :university_id AND external_ref = :external_ref AND kind = :kind"
+)
+_SETTLE = text(
+    "UPDATE partner_outcomes SET referral_id = :referral_id, status = :status, state = :state, reason = :reason"
+    " WHERE university_id = :university_id AND external_ref = :external_ref AND kind = :kind"
+)
+_FORGET = text(
+    "DELETE FROM partner_outcomes"
+    " WHERE university_id = :university_id AND external_ref = :external_ref AND kind = :kind"
+)
+
+
 async def apply_partner_outcome(
     session: AsyncSession,
     rt: Runtime,
@@ -324,26 +342,14 @@ async def apply_partner_outcome(
     refusal = _refusal(report)
     if refusal is not None:
         return OutcomeResult("refused", None, None, refusal)
-    receipt = await session.scalar(
-        pg_insert(PartnerOutcome)
-        .values(
-            university_id=report.university_id,
-            external_ref=report.external_ref,
-            kind=report.kind.value,
-            status="applied",
-            occurred_at=report.occurred_at,
-        )
-        .on_conflict_do_nothing()
-        .returning(PartnerOutcome.external_ref)
-    )
-    key = and_(
-        PartnerOutcome.university_id == report.university_id,
-        PartnerOutcome.external_ref == report.external_ref,
-        PartnerOutcome.kind == report.kind.value,
-    )
+    key = {
+        "university_id": report.university_id,
+        "external_ref": report.external_ref,
+        "kind": report.kind.value,
+    }
+    receipt = await session.scalar(_RECEIPT, {**key, "occurred_at": report.occurred_at, "now": utcnow()})
     if receipt is None:
-        stored = await session.scalar(select(PartnerOutcome).where(key))
-        assert stored is not None
+        stored = (await session.execute(_STORED, key)).one()
         return OutcomeResult(
             "duplicate", stored.referral_id, stored.state, stored.reason or "this report was already received"
         )
@@ -368,13 +374,16 @@ async def apply_partner_outcome(
                     await _adopt_program(session, found, report, ctx, actor)
                 result = await _apply(session, found, report, ctx, actor)
     if result.status in ("not_found", "refused"):
-        await session.execute(delete(PartnerOutcome).where(key))
+        await session.execute(_FORGET, key)
     else:
         await session.execute(
-            update(PartnerOutcome)
-            .where(key)
-            .values(
-                referral_id=result.referral_id, status=result.status, state=result.state, reason=result.reason
-            )
+            _SETTLE,
+            {
+                **key,
+                "referral_id": result.referral_id,
+                "status": result.status,
+                "state": result.state,
+                "reason": result.reason,
+            },
         )
     return result

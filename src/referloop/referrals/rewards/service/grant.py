@@ -94,12 +94,9 @@ async def lock_for_work(
 ) -> tuple[Referral, Reward] | None:
     """Lock the reward's referral, then the reward. With `skip_locked`, None when another
     transaction holds either (a worker moves on to other work)."""
-    referral_id = await session.scalar(select(Reward.referral_id).where(Reward.id == reward_id))
-    if referral_id is None:
-        return None
     referral = await session.scalar(
         select(Referral)
-        .where(Referral.id == referral_id)
+        .where(Referral.id == select(Reward.referral_id).where(Reward.id == reward_id).scalar_subquery())
         .with_for_update(skip_locked=skip_locked)
         .execution_options(populate_existing=True)
     )
@@ -195,9 +192,13 @@ async def grant(session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: boo
     if reward.reversal_requested_at is not None:
         reward.reversed_at = now
         return _skip(reward, SkipReason.enrolment_cancelled)
-    rule = await session.get(RewardRule, reward.rule_id)
-    campaign = await session.get(Campaign, reward.campaign_id)
-    assert rule is not None and campaign is not None
+    rule, campaign = (
+        await session.execute(
+            select(RewardRule, Campaign)
+            .join(Campaign, Campaign.id == RewardRule.campaign_id)
+            .where(RewardRule.id == reward.rule_id)
+        )
+    ).one()
     if rule.deleted_at is not None:
         return _skip(reward, SkipReason.rule_withdrawn)
     recipient = referral.member_id if reward.role == RewardRole.referrer.value else referral.referee_id
@@ -241,10 +242,15 @@ async def grant(session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: boo
     if total is not None and await budget.budget_spent(session, campaign.id) + amount > total:
         return _skip(reward, SkipReason.budget_exhausted, amount, computed.basis)
 
-    savepoint = await session.begin_nested()
+    # A savepoint takes back what passed when a later guard refuses: needed only when more than
+    # one guard can refuse (the budget after the ledger entry, or two counters).
+    guards = (total is not None) + (rule.max_per_referrer is not None and rule.period is not None)
+    guards += reward.role == RewardRole.referrer.value and campaign.per_referrer_amount is not None
+    savepoint = await session.begin_nested() if guards > 1 or total is not None else None
     charged, refused = await _charge_counters(session, reward, rule, campaign, amount)
     if refused is not None:
-        await savepoint.rollback()
+        if savepoint is not None:
+            await savepoint.rollback()
         return _skip(reward, refused, amount, computed.basis)
     earned = await ledger.earn_pending(
         session,
@@ -259,9 +265,11 @@ async def grant(session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: boo
         metadata={"referral_id": str(reward.referral_id), "milestone": reward.milestone, "role": reward.role},
     )
     if not await budget.spend_budget(session, campaign.id, amount, total):
+        assert savepoint is not None  # only a set total refuses
         await savepoint.rollback()  # takes the ledger entry and the counters back with it
         return _skip(reward, SkipReason.budget_exhausted, amount, computed.basis)
-    await savepoint.commit()
+    if savepoint is not None:
+        await savepoint.commit()
 
     reward.status = RewardStatus.pending.value
     reward.amount = amount

@@ -27,7 +27,8 @@ from referloop.runtime import Runtime
 log = structlog.get_logger(__name__)
 
 DEFAULT_BATCH = 200
-CONCURRENCY = 8
+# Grants at once per worker; each holds a connection (the pool must be larger).
+CONCURRENCY = 16
 
 _LIVE_FOR_REVERSAL = (RewardStatus.queued.value, RewardStatus.pending.value, RewardStatus.released.value)
 
@@ -111,12 +112,14 @@ async def run_once(
     *,
     limit: int = DEFAULT_BATCH,
     now: datetime | None = None,
-    concurrency: int = CONCURRENCY,
+    concurrency: int | None = None,
     referral_ids: Sequence[uuid.UUID] | None = None,
 ) -> JobReport:
     """One pass of the three jobs. `now` moves the release clock (tests, replays)."""
     report = JobReport()
     now = now or utcnow()
+    # Leave the pool a few connections for the rest of the worker (its consumers, the relay).
+    concurrency = concurrency or max(1, min(CONCURRENCY, rt.settings.db_pool_size - 4))
     async with rt.db.sessionmaker() as session:
         reversal_ids = await due_reversals(session, limit)
     for outcome in await _each(

@@ -10,88 +10,57 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Uuid, case, literal, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.core.db import utcnow
 from referloop.core.ids import uuid7
 from referloop.referrals.lifecycle.models import Referral
-from referloop.referrals.models import Campaign
 from referloop.referrals.rewards.models import (
     Milestone,
     Reward,
-    RewardRole,
-    RewardRule,
     RewardStatus,
+)
+
+# The campaign's live rules for the milestone, inserted unless already queued: one statement. At
+# most one live rule per role (a unique index), so two fresh UUIDv7 ids cover them.
+_QUEUE = text(
+    "INSERT INTO rewards (id, referral_id, referrer_id, member_id, role, milestone, campaign_id, rule_id,"
+    " program_id, status, currency, reached_at, created_at, updated_at)"
+    " SELECT CASE WHEN r.role = 'referrer' THEN CAST(:referrer_reward AS uuid)"
+    "             ELSE CAST(:referee_reward AS uuid) END,"
+    "        :referral_id, :referrer_id,"
+    "        CASE WHEN r.role = 'referrer' THEN CAST(:referrer_id AS uuid) ELSE CAST(:referee_id AS uuid) END,"
+    "        r.role, r.milestone, r.campaign_id, r.id, :program_id, 'queued', c.currency, :at, :now, :now"
+    " FROM reward_rules r JOIN campaigns c ON c.id = r.campaign_id"
+    " WHERE r.campaign_id = :campaign_id AND r.milestone = :milestone AND r.deleted_at IS NULL"
+    " ON CONFLICT (referral_id, milestone, role) DO NOTHING"
 )
 
 
 async def queue_milestone(
     session: AsyncSession, referral: Referral, milestone: Milestone, at: datetime
 ) -> int:
-    """Queue the rewards of `milestone` for `referral`; returns how many rows were new. One
-    statement: the campaign's live rules for the milestone, inserted unless already queued."""
+    """Queue the rewards of `milestone` for `referral`; returns how many rows were new."""
     if referral.campaign_id is None or referral.program_id is None:
         return 0
     now = utcnow()
-    # At most one live rule per role (a unique index), so two fresh UUIDv7 ids cover them.
-    referrer_id, referee_id = uuid7(), uuid7()
-    rules = (
-        select(
-            case(
-                (RewardRule.role == RewardRole.referrer.value, literal(referrer_id, type_=Uuid())),
-                else_=literal(referee_id, type_=Uuid()),
-            ),
-            literal(referral.id),
-            literal(referral.member_id),
-            case(
-                (RewardRule.role == RewardRole.referrer.value, literal(referral.member_id)),
-                else_=literal(referral.referee_id, type_=Uuid()),
-            ),
-            RewardRule.role,
-            RewardRule.milestone,
-            RewardRule.campaign_id,
-            RewardRule.id,
-            literal(referral.program_id),
-            literal(RewardStatus.queued.value),
-            Campaign.currency,
-            literal(at),
-            literal(now),
-            literal(now),
-        )
-        .join(Campaign, Campaign.id == RewardRule.campaign_id)
-        .where(
-            RewardRule.campaign_id == referral.campaign_id,
-            RewardRule.milestone == milestone.value,
-            RewardRule.deleted_at.is_(None),
-        )
-    )
     result = await session.execute(
-        pg_insert(Reward)
-        .from_select(
-            [
-                "id",
-                "referral_id",
-                "referrer_id",
-                "member_id",
-                "role",
-                "milestone",
-                "campaign_id",
-                "rule_id",
-                "program_id",
-                "status",
-                "currency",
-                "reached_at",
-                "created_at",
-                "updated_at",
-            ],
-            rules,
-        )
-        .on_conflict_do_nothing(index_elements=["referral_id", "milestone", "role"])
-        .returning(Reward.id)
+        _QUEUE,
+        {
+            "referrer_reward": uuid7(),
+            "referee_reward": uuid7(),
+            "referral_id": referral.id,
+            "referrer_id": referral.member_id,
+            "referee_id": referral.referee_id,
+            "program_id": referral.program_id,
+            "campaign_id": referral.campaign_id,
+            "milestone": milestone.value,
+            "at": at,
+            "now": now,
+        },
     )
-    return len(result.all())
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def request_reversal(session: AsyncSession, referral_id: uuid.UUID, at: datetime) -> int:
