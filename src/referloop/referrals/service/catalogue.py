@@ -402,8 +402,11 @@ async def list_programs(
 
     # Typo-tolerant search: `q <% search_text` is word_similarity(q, search_text) >= the threshold and
     # is answered from the GIN trigram index. Best match first; the cursor holds (score, id).
+    # Session-level (not transaction-local): read sessions run in autocommit, where a local setting
+    # would end before the search runs. The value is constant and only this query's operator reads it.
     await session.execute(
-        text("SELECT set_config('pg_trgm.word_similarity_threshold', :t, true)"), {"t": str(SEARCH_THRESHOLD)}
+        text("SELECT set_config('pg_trgm.word_similarity_threshold', :t, false)"),
+        {"t": str(SEARCH_THRESHOLD)},
     )
     score = func.round(func.word_similarity(filters.q, Program.search_text).cast(Numeric), 4)
     stmt = stmt.add_columns(score.label("score")).where(Program.search_text.op("%>")(filters.q))
