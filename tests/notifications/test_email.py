@@ -27,7 +27,7 @@ from referloop.notifications.rendering import UnknownTemplateError, render_email
 from referloop.runtime import Runtime
 from referloop.worker import load_task_modules
 from tests.factories import latest_code, new_email, new_phone, register_member
-from tests.notifications.support import BrokerNamespace, SmtpInbox, start_worker, worker_env
+from tests.notifications.support import SmtpInbox, start_worker, worker_env
 
 CONTEXT = {"display_name": "Asha", "code": "123456", "minutes": 10}
 
@@ -234,15 +234,6 @@ async def test_worker_killed_mid_delivery_sends_the_email_exactly_once(
     runtime: Runtime, smtp_server: SmtpInbox, tmp_path: Path
 ) -> None:
     await crash_and_restart(runtime, smtp_server, tmp_path, {"amqp_url": ""})
-
-
-async def test_worker_killed_mid_delivery_with_a_broker_sends_the_email_exactly_once(
-    runtime: Runtime, smtp_server: SmtpInbox, tmp_path: Path, broker_ns: BrokerNamespace
-) -> None:
-    broker_ns.settings(runtime.settings, ["notifications.email", "notifications.sms"])
-    await crash_and_restart(
-        runtime, smtp_server, tmp_path, {"amqp_url": broker_ns.amqp_url, "amqp_namespace": broker_ns.name}
-    )
 
 
 async def crash_and_restart(
