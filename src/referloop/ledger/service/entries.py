@@ -161,6 +161,9 @@ def _validate(
 # - `locked` takes the row locks in primary-key order (LockRows runs above the Sort), so entries
 #   over the same accounts queue instead of deadlocking; and under READ COMMITTED a row locked
 #   after a wait is returned as its latest committed version, so the guard judges current balances.
+#   It locks nothing unless every account exists: a first run that found one missing must not keep
+#   the locks of the others, or its rerun (after creating the account) would take the missing
+#   one's lock out of order and deadlock with an entry that locked it in order meanwhile.
 # - `guard` reads every locked row (an aggregate, so all locks are taken before anything moves):
 #   `complete` is false when an account does not exist yet, `ok` is false when a member balance
 #   would go below zero. The guard is SQL over the locked rows, never a Python read followed by a write.
@@ -179,6 +182,8 @@ WITH d AS (
 ), locked AS (
     SELECT a.id, a.member_id, a.pending, a.available, a.held
     FROM ledger_accounts a WHERE a.id = ANY(CAST($1 AS uuid[]))
+      AND (SELECT count(*) FROM ledger_accounts b WHERE b.id = ANY(CAST($1 AS uuid[])))
+          = cardinality(CAST($1 AS uuid[]))
     ORDER BY a.id
     FOR UPDATE
 ), guard AS (
@@ -342,7 +347,7 @@ async def _run(
     entry_id: uuid.UUID | None,
     reverses: uuid.UUID | None,
 ) -> tuple[PostedEntry, dict[tuple[AccountRef, str], uuid.UUID]]:
-    """The guarded statement, and what its outcome means. The accounts are locked already."""
+    """Run the guarded statement once and say what its outcome means."""
     d_ids = sorted(deltas)
     connection = await session.connection()
     driver = (await connection.get_raw_connection()).driver_connection
