@@ -42,16 +42,20 @@ async def test_balances_per_currency(client, runtime):
     assert (await client.get("/v1/wallet", headers=m.auth)).json() == {"balances": []}
     await credit(runtime, m.id, 12_345)
     await credit(runtime, m.id, 500, "USD")
+    await credit(runtime, m.id, 7, "JPY")
     await earn(runtime, m.id, 1_000)
     balances = {b["currency"]: b for b in (await client.get("/v1/wallet", headers=m.auth)).json()["balances"]}
     assert balances["INR"] == {
         "currency": "INR",
+        "exponent": 2,
         "pending": 1_000,
         "available": 12_345,
         "held": 0,
         "total": 13_345,
     }
     assert balances["USD"]["available"] == 500
+    # Yen has no minor unit: a client shows 7 as ¥7, not ¥0.07.
+    assert (balances["JPY"]["available"], balances["JPY"]["exponent"]) == (7, 0)
 
 
 async def test_history_filters_paginates_and_hides_others(client, runtime):

@@ -14,6 +14,10 @@ class TransactionStatus(StrEnum):
 
 class BalanceOut(BaseModel):
     currency: str
+    exponent: int = Field(
+        description="ISO 4217 minor-unit exponent: the amount in major units is amount / 10**exponent "
+        "(2 for INR and USD, 0 for JPY, 3 for KWD)."
+    )
     pending: int = Field(description="Earned, not yet releasable (minor units).")
     available: int = Field(description="Withdrawable now (minor units).")
     held: int = Field(description="Reserved by withdrawals under way (minor units).")

@@ -17,7 +17,14 @@ CSV_PAGE = 500
 
 async def balances(session: AsyncSession, member_id: uuid.UUID) -> list[BalanceOut]:
     return [
-        BalanceOut(currency=b.currency, pending=b.pending, available=b.available, held=b.held, total=b.total)
+        BalanceOut(
+            currency=b.currency,
+            exponent=ledger.get_currency(b.currency).exponent,
+            pending=b.pending,
+            available=b.available,
+            held=b.held,
+            total=b.total,
+        )
         for b in await ledger.balances_for(session, member_id)
     ]
 
