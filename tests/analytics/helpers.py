@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 
 from referloop.analytics import tasks  # noqa: F401 - registers the consumers
+from referloop.core.context import RequestContext
 from referloop.core.ids import uuid7
 from referloop.core.outbox.consumers import handle_once, registry
+from referloop.core.outbox.models import OutboxEvent
+from referloop.referrals.lifecycle.service.outcomes import OutcomeKind, OutcomeReport, apply_partner_outcome
 from referloop.runtime import Runtime
 
 CONSUMERS = {
@@ -68,3 +72,38 @@ async def staff_funnel(client: httpx.AsyncClient, token: str, **params: Any) -> 
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     return body
+
+
+async def report(rt: Runtime, university_id: str, referral_id: str, kind: OutcomeKind) -> None:
+    async with rt.db.sessionmaker() as session, session.begin():
+        result = await apply_partner_outcome(
+            session,
+            rt,
+            OutcomeReport(
+                university_id=uuid.UUID(university_id),
+                kind=kind,
+                occurred_at=datetime.now(UTC),
+                external_ref=f"e2e-{uuid.uuid4()}",
+                referral_id=uuid.UUID(referral_id),
+                fee_amount=45_000_000 if kind is OutcomeKind.enrolled else None,
+                fee_currency="INR" if kind is OutcomeKind.enrolled else None,
+            ),
+            RequestContext(),
+        )
+    assert result.status == "applied", result
+
+
+async def lifecycle_events(rt: Runtime, referral_ids: list[str]) -> list[OutboxEvent]:
+    async with rt.db.sessionmaker() as session:
+        return list(
+            (
+                await session.scalars(
+                    select(OutboxEvent)
+                    .where(
+                        OutboxEvent.topic.in_(list(CONSUMERS)),
+                        OutboxEvent.payload["referral_id"].astext.in_(referral_ids),
+                    )
+                    .order_by(OutboxEvent.id)
+                )
+            ).all()
+        )

@@ -4,57 +4,18 @@ the lifecycle service) and real clicks, consumed by the analytics consumers, sho
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import select
 
 from referloop.analytics.service.clicks import catch_up_clicks
 from referloop.analytics.service.funnel import member_funnel
-from referloop.core.context import RequestContext
-from referloop.core.outbox.models import OutboxEvent
-from referloop.referrals.lifecycle.service.outcomes import OutcomeKind, OutcomeReport, apply_partner_outcome
+from referloop.referrals.lifecycle.service.outcomes import OutcomeKind
 from referloop.referrals.service.clicks import flush_all_clicks
 from referloop.runtime import Runtime
-from tests.analytics.helpers import CONSUMERS, deliver, staff_funnel
+from tests.analytics.helpers import CONSUMERS, deliver, lifecycle_events, report, staff_funnel
 from tests.factories import new_email, register_member
 from tests.referrals.helpers import BROWSER_UA, Admin, create_campaign, create_program, create_university
-
-
-async def report(rt: Runtime, university_id: str, referral_id: str, kind: OutcomeKind) -> None:
-    async with rt.db.sessionmaker() as session, session.begin():
-        result = await apply_partner_outcome(
-            session,
-            rt,
-            OutcomeReport(
-                university_id=uuid.UUID(university_id),
-                kind=kind,
-                occurred_at=datetime.now(UTC),
-                external_ref=f"e2e-{uuid.uuid4()}",
-                referral_id=uuid.UUID(referral_id),
-                fee_amount=45_000_000 if kind is OutcomeKind.enrolled else None,
-                fee_currency="INR" if kind is OutcomeKind.enrolled else None,
-            ),
-            RequestContext(),
-        )
-    assert result.status == "applied", result
-
-
-async def lifecycle_events(rt: Runtime, referral_ids: list[str]) -> list[OutboxEvent]:
-    async with rt.db.sessionmaker() as session:
-        return list(
-            (
-                await session.scalars(
-                    select(OutboxEvent)
-                    .where(
-                        OutboxEvent.topic.in_(list(CONSUMERS)),
-                        OutboxEvent.payload["referral_id"].astext.in_(referral_ids),
-                    )
-                    .order_by(OutboxEvent.id)
-                )
-            ).all()
-        )
 
 
 async def test_the_lifecycle_events_and_clicks_make_the_funnel(

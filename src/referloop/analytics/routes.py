@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, timedelta
+from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from referloop.analytics.errors import BadRange
 from referloop.analytics.schemas import BreakdownOut, FunnelFiltersOut, FunnelOut, breakdown_out, funnel_out
 from referloop.analytics.service.funnel import (
     CountName,
     Dimension,
     FunnelFilters,
     Granularity,
+    bounded_range,
     breakdown,
     funnel,
 )
@@ -28,22 +28,9 @@ router = APIRouter(
     prefix="/v1/staff/analytics", tags=["staff: analytics"], responses=problem_responses(401, 403)
 )
 
-DEFAULT_DAYS = 30
-# Bounded ranges instead of a cursor: a series of at most this many periods.
-MAX_PERIODS = {Granularity.day: 366, Granularity.week: 105}
-
 
 def _days(date_from: date | None, date_to: date | None, granularity: Granularity) -> tuple[date, date]:
-    last = date_to or utcnow().date()
-    first = date_from or last - timedelta(days=DEFAULT_DAYS - 1)
-    if first > last:
-        raise BadRange("`from` must not be after `to`.")
-    periods = (last - first).days // (7 if granularity is Granularity.week else 1) + 1
-    if periods > MAX_PERIODS[granularity]:
-        raise BadRange(
-            f"At most {MAX_PERIODS[granularity]} {granularity.value}s per request; ask for a shorter range."
-        )
-    return first, last
+    return bounded_range(date_from, date_to, granularity, utcnow().date())
 
 
 @router.get("/funnel", response_model=FunnelOut, responses=problem_responses(422))

@@ -148,3 +148,39 @@ def breakdown_out(row: BreakdownRow) -> BreakdownOut:
     return BreakdownOut(
         key=row.key, counts=FunnelCounts(**row.counts), conversion=Conversion(**row.conversion)
     )
+
+
+class MemberFunnelFiltersOut(BaseModel):
+    program_id: uuid.UUID | None
+    campaign_id: uuid.UUID | None
+
+
+class MemberFunnelOut(BaseModel):
+    """A member's own funnel: the clicks on their share links and their referrals' steps."""
+
+    from_: date = Field(alias="from", serialization_alias="from")
+    to: date
+    granularity: Granularity
+    filters: MemberFunnelFiltersOut
+    totals: FunnelCounts
+    conversion: Conversion
+    median_seconds: MedianSeconds
+    series: list[PeriodOut] = Field(description="One entry per period of the range, oldest first.")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+def member_funnel_out(
+    report: FunnelReport, granularity: Granularity, filters: MemberFunnelFiltersOut
+) -> MemberFunnelOut:
+    assert report.first is not None and report.last is not None
+    return MemberFunnelOut(
+        from_=report.first,
+        to=report.last,
+        granularity=granularity,
+        filters=filters,
+        totals=FunnelCounts(**report.totals),
+        conversion=Conversion(**report.conversion),
+        median_seconds=MedianSeconds(**report.median_seconds),
+        series=[period_out(p) for p in report.series],
+    )

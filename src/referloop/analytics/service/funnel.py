@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from referloop.analytics.errors import BadRange
 from referloop.analytics.models import FunnelDaily, Milestone, Step
 
 CountName = Literal[
@@ -106,6 +107,28 @@ class FunnelReport:
     @property
     def conversion(self) -> dict[str, float | None]:
         return conversion_rates(self.totals)
+
+
+DEFAULT_DAYS = 30
+# Bounded ranges instead of a cursor: a series of at most this many periods.
+MAX_PERIODS = {Granularity.day: 366, Granularity.week: 105}
+
+
+def bounded_range(
+    date_from: date | None, date_to: date | None, granularity: Granularity, today: date
+) -> tuple[date, date]:
+    """The range a funnel request asks for: `to` defaults to today, `from` to 29 days before `to`;
+    refused (BadRange, 422) when reversed or longer than MAX_PERIODS periods."""
+    last = date_to or today
+    first = date_from or last - timedelta(days=DEFAULT_DAYS - 1)
+    if first > last:
+        raise BadRange("`from` must not be after `to`.")
+    periods = (last - first).days // (7 if granularity is Granularity.week else 1) + 1
+    if periods > MAX_PERIODS[granularity]:
+        raise BadRange(
+            f"At most {MAX_PERIODS[granularity]} {granularity.value}s per request; ask for a shorter range."
+        )
+    return first, last
 
 
 def _range(first: date | None, last: date | None, column: Any) -> list[ColumnElement[bool]]:
@@ -210,11 +233,13 @@ async def member_funnel(
     first: date | None = None,
     last: date | None = None,
     program_id: uuid.UUID | None = None,
+    campaign_id: uuid.UUID | None = None,
     granularity: Granularity | None = None,
 ) -> FunnelReport:
     """A referrer's own funnel (for `GET /v1/referrals/stats`): all time unless a range is given;
-    with `granularity` and both ends of the range, also the series by period."""
-    filters = FunnelFilters(referrer_id=member_id, program_id=program_id)
+    with `granularity` and both ends of the range, also the series by period. Always filtered to
+    `member_id`: a member never sees another referrer's counts."""
+    filters = FunnelFilters(referrer_id=member_id, program_id=program_id, campaign_id=campaign_id)
     if granularity is not None and first is not None and last is not None:
         return await funnel(session, filters, first, last, granularity)
     return FunnelReport(

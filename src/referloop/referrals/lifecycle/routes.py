@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import JSONResponse
 
+from referloop.analytics.service.funnel import Granularity
 from referloop.core.deps import ContextDep, ReadSession, RuntimeDep, WriteSession
 from referloop.core.errors import InvalidInput, problem_responses
 from referloop.core.idempotency import (
@@ -95,10 +96,33 @@ async def list_referrals(
     return Page[ReferralOut](items=[queries.referral_out(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.get("/stats", response_model=ReferralStats)
-async def referral_stats(principal: CurrentMember, session: ReadSession) -> ReferralStats:
-    """Your referrals by state, how many enrolled, and your wallet's pending and available money."""
-    return await queries.stats(session, principal.user_id)
+@router.get("/stats", response_model=ReferralStats, responses=problem_responses(422))
+async def referral_stats(
+    principal: CurrentMember,
+    session: ReadSession,
+    program_id: Annotated[uuid.UUID | None, Query(description="The funnel of one program.")] = None,
+    campaign_id: Annotated[uuid.UUID | None, Query(description="The funnel of one campaign.")] = None,
+    date_from: Annotated[
+        date | None, Query(alias="from", description="First UTC day (default: 29 days before `to`).")
+    ] = None,
+    date_to: Annotated[date | None, Query(alias="to", description="Last UTC day (default: today).")] = None,
+    granularity: Granularity = Granularity.day,
+) -> ReferralStats:
+    """Your referrals by state, how many enrolled, your wallet's pending and available money (all
+    time), and your own funnel: clicks on your links -> sign-ups -> applications -> enrolments ->
+    rewarded, per UTC day or ISO week, with conversion rates and median times between steps, filtered
+    like the staff funnel (program, campaign, date range; at most 366 days or 105 weeks)."""
+    return await queries.stats(
+        session,
+        principal.user_id,
+        queries.FunnelQuery(
+            program_id=program_id,
+            campaign_id=campaign_id,
+            date_from=date_from,
+            date_to=date_to,
+            granularity=granularity,
+        ),
+    )
 
 
 @router.get("/{referral_id}", response_model=ReferralDetail, responses=problem_responses(404, 422))

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from referloop.analytics.schemas import MemberFunnelOut
 from referloop.core.validation import Email, Phone, StrictModel
 from referloop.referrals.lifecycle.models import ActorType, ReferralSource, ReferralState
 from referloop.referrals.rewards.schemas import RewardOut
@@ -98,6 +99,13 @@ class ReferralStats(BaseModel):
     conversion_rate: float = Field(description="converted / total, 0 when there are none.")
     earnings: list[Earnings] = Field(description="Your wallet's pending and available balances.")
     owed: list[Money] = Field(description="What clawbacks left you owing, paid from later rewards.")
+    funnel: MemberFunnelOut = Field(
+        description="Your funnel over the requested range (default: the last 30 UTC days): clicks on "
+        "your share links -> sign-ups -> applications -> enrolments -> rewarded, per day or week, with "
+        "conversion rates and median times between steps. Read from rollups kept current by the worker "
+        "(clicks lag by about two minutes); counts are activity in each period, not cohorts. The fields "
+        "above are all time and ignore the filters."
+    )
 
 
 class StaffReferralOut(ReferralOut):

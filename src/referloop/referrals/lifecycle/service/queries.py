@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, cast
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop import ledger
+from referloop.analytics.schemas import MemberFunnelFiltersOut, member_funnel_out
+from referloop.analytics.service.funnel import Granularity, bounded_range, member_funnel
+from referloop.core.db import utcnow
 from referloop.core.pagination import paginate_by_id_desc, split_page
 from referloop.disputes.models import SubjectType
 from referloop.disputes.subjects import register_subject
@@ -189,7 +192,33 @@ async def rewards_of(
     return [reward_out(r) for r in await session.scalars(stmt.order_by(Reward.id))]
 
 
-async def stats(session: AsyncSession, member_id: uuid.UUID) -> ReferralStats:
+@dataclass(frozen=True)
+class FunnelQuery:
+    """The funnel part of the stats: the same filters as the staff funnel, for one referrer."""
+
+    program_id: uuid.UUID | None = None
+    campaign_id: uuid.UUID | None = None
+    date_from: date | None = None
+    date_to: date | None = None
+    granularity: Granularity = Granularity.day
+
+
+async def stats(
+    session: AsyncSession, member_id: uuid.UUID, funnel: FunnelQuery | None = None
+) -> ReferralStats:
+    """All-time counts per state, conversion and balances, and the member's own funnel from the
+    analytics rollups (`funnel`: filters and range; a bad range answers 422)."""
+    funnel = funnel or FunnelQuery()
+    first, last = bounded_range(funnel.date_from, funnel.date_to, funnel.granularity, utcnow().date())
+    report = await member_funnel(
+        session,
+        member_id,
+        first=first,
+        last=last,
+        program_id=funnel.program_id,
+        campaign_id=funnel.campaign_id,
+        granularity=funnel.granularity,
+    )
     counts = dict(
         (
             await session.execute(
@@ -230,6 +259,11 @@ async def stats(session: AsyncSession, member_id: uuid.UUID) -> ReferralStats:
             for b in balances
         ],
         owed=owed,
+        funnel=member_funnel_out(
+            report,
+            funnel.granularity,
+            MemberFunnelFiltersOut(program_id=funnel.program_id, campaign_id=funnel.campaign_id),
+        ),
     )
 
 
