@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -116,6 +117,34 @@ WHERE campaign_id = :campaign_id
 
 _SPENT = text("SELECT spent FROM campaign_budgets WHERE campaign_id = :campaign_id")
 
+# What the budget row would hold had it been kept all along: the granted rewards not given back
+# (voided ones were refunded; clawed-back ones stay spent).
+_GRANTED = (
+    "SELECT coalesce(sum(amount), 0) AS spent, count(*) AS rewards FROM rewards"
+    " WHERE campaign_id = :campaign_id AND status IN ('pending', 'released', 'clawed_back')"
+)
+_SEED = text(
+    "INSERT INTO campaign_budgets (campaign_id, spent, rewards, updated_at)"  # noqa: S608 - fixed text
+    f" SELECT :campaign_id, g.spent, g.rewards, now() FROM ({_GRANTED}) g"
+    " ON CONFLICT (campaign_id) DO NOTHING"
+)
+_GRANTED_SUM = text(_GRANTED)
+
+# A campaign with no total budget keeps no budget row up to date: every grant updating that one row
+# serialised all grants of the campaign. Its rewards carry this mark in `charged_counters`, so a
+# void knows there is nothing to refund. A row is created (seeded from the granted rewards) when a
+# campaign with a total first needs it, so a total set later counts what was paid before.
+UNCHARGED_MARK: dict[str, Any] = {"counter": "budget:none", "period_start": None, "delta": 0}
+
+
+def charged_to_budget(charged_counters: list[dict[str, Any]]) -> bool:
+    return not any(c.get("counter") == UNCHARGED_MARK["counter"] for c in charged_counters)
+
+
+def counter_charges(charged_counters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-referrer counters a reward was charged to (without the budget mark)."""
+    return [c for c in charged_counters if not str(c.get("counter", "")).startswith("budget:")]
+
 
 async def spend_budget(session: AsyncSession, campaign_id: uuid.UUID, amount: int, total: int | None) -> bool:
     """Charge `amount` to the campaign's budget unless that would pass `total`."""
@@ -129,3 +158,18 @@ async def refund_budget(session: AsyncSession, campaign_id: uuid.UUID, amount: i
 
 async def budget_spent(session: AsyncSession, campaign_id: uuid.UUID) -> int:
     return int(await session.scalar(_SPENT, {"campaign_id": campaign_id}) or 0)
+
+
+async def budget_spent_seeded(session: AsyncSession, campaign_id: uuid.UUID) -> int:
+    """What a campaign with a total has spent; creates its row (seeded) the first time."""
+    spent = await session.scalar(_SPENT, {"campaign_id": campaign_id})
+    if spent is None:
+        await session.execute(_SEED, {"campaign_id": campaign_id})
+        spent = await session.scalar(_SPENT, {"campaign_id": campaign_id})
+    return int(spent or 0)
+
+
+async def granted_totals(session: AsyncSession, campaign_id: uuid.UUID) -> tuple[int, int]:
+    """Spent and reward count from the rewards themselves (campaigns without a total)."""
+    row = (await session.execute(_GRANTED_SUM, {"campaign_id": campaign_id})).one()
+    return int(row.spent), int(row.rewards)

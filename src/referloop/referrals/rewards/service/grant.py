@@ -3,7 +3,8 @@
 One reward per transaction, locks always in this order: the referral row, the reward row, the
 referrer's counters, the ledger's rows (one entry), the campaign's budget row. Every grant takes
 them in that order and holds at most one ledger entry's rows, so grants never deadlock each other,
-and the hot budget row is held only from its update to the commit.
+and the hot budget row is held only from its update to the commit. A campaign without a total
+budget has no budget row to guard: its grants do not touch it (see `budget`).
 
 Amounts (integer minor units, never a float):
 - fixed: the rule's `amount`, or the amount of the tier the referrer's enrolment falls in;
@@ -94,23 +95,40 @@ async def lock_for_work(
 ) -> tuple[Referral, Reward] | None:
     """Lock the reward's referral, then the reward. With `skip_locked`, None when another
     transaction holds either (a worker moves on to other work)."""
-    referral = await session.scalar(
-        select(Referral)
-        .where(Referral.id == select(Reward.referral_id).where(Reward.id == reward_id).scalar_subquery())
-        .with_for_update(skip_locked=skip_locked)
-        .execution_options(populate_existing=True)
-    )
-    if referral is None:
+    found = await _lock_with_terms(session, reward_id, skip_locked=skip_locked)
+    return (found.referral, found.reward) if found is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Locked:
+    referral: Referral
+    reward: Reward
+    rule: RewardRule
+    campaign: Campaign
+    program_fee: tuple[int | None, str | None]
+
+
+async def _lock_with_terms(
+    session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: bool
+) -> _Locked | None:
+    """One statement: lock the referral, then the reward (`FOR UPDATE OF` takes them in that
+    order), and read the rule, its campaign and the program's listed fee alongside."""
+    row = (
+        await session.execute(
+            select(Referral, Reward, RewardRule, Campaign, Program.fee_amount, Program.fee_currency)
+            .select_from(Referral)
+            .join(Reward, Reward.referral_id == Referral.id)
+            .join(RewardRule, RewardRule.id == Reward.rule_id)
+            .join(Campaign, Campaign.id == RewardRule.campaign_id)
+            .outerjoin(Program, Program.id == Reward.program_id)
+            .where(Reward.id == reward_id)
+            .with_for_update(of=[Referral, Reward], skip_locked=skip_locked)
+            .execution_options(populate_existing=True)
+        )
+    ).first()
+    if row is None:
         return None
-    reward = await session.scalar(
-        select(Reward)
-        .where(Reward.id == reward_id)
-        .with_for_update(skip_locked=skip_locked)
-        .execution_options(populate_existing=True)
-    )
-    if reward is None:
-        return None
-    return referral, reward
+    return _Locked(row[0], row[1], row[2], row[3], (row[4], row[5]))
 
 
 def _skip(reward: Reward, reason: SkipReason, amount: int | None = None, basis: str | None = None) -> str:
@@ -122,16 +140,11 @@ def _skip(reward: Reward, reason: SkipReason, amount: int | None = None, basis: 
     return reason.value
 
 
-async def _fee(session: AsyncSession, referral: Referral) -> tuple[int | None, str | None]:
+def _fee(referral: Referral, program_fee: tuple[int | None, str | None]) -> tuple[int | None, str | None]:
     """The fee the partner reported, else the program's listed fee."""
     if referral.fee_amount is not None and referral.fee_currency:
         return referral.fee_amount, referral.fee_currency
-    row = (
-        await session.execute(
-            select(Program.fee_amount, Program.fee_currency).where(Program.id == referral.program_id)
-        )
-    ).first()
-    return (row[0], row[1]) if row else (None, None)
+    return program_fee
 
 
 async def _charge_counters(
@@ -180,10 +193,10 @@ async def _charge_counters(
 async def grant(session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: bool = False) -> str | None:
     """Grant one queued reward in the caller's transaction. Returns what happened ("pending", a
     skip reason, "held" for a referral under fraud hold), or None when there was nothing to do."""
-    locked = await lock_for_work(session, reward_id, skip_locked=skip_locked)
+    locked = await _lock_with_terms(session, reward_id, skip_locked=skip_locked)
     if locked is None:
         return None
-    referral, reward = locked
+    referral, reward, rule, campaign = locked.referral, locked.reward, locked.rule, locked.campaign
     if reward.status != RewardStatus.queued.value:
         return None
     if referral.state == ReferralState.fraud_hold.value:
@@ -192,13 +205,6 @@ async def grant(session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: boo
     if reward.reversal_requested_at is not None:
         reward.reversed_at = now
         return _skip(reward, SkipReason.enrolment_cancelled)
-    rule, campaign = (
-        await session.execute(
-            select(RewardRule, Campaign)
-            .join(Campaign, Campaign.id == RewardRule.campaign_id)
-            .where(RewardRule.id == reward.rule_id)
-        )
-    ).one()
     if rule.deleted_at is not None:
         return _skip(reward, SkipReason.rule_withdrawn)
     recipient = referral.member_id if reward.role == RewardRole.referrer.value else referral.referee_id
@@ -224,7 +230,7 @@ async def grant(session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: boo
             limit=None,
         )
     fee_amount, fee_currency = (
-        await _fee(session, referral) if rule.kind == RuleKind.percent.value else (None, None)
+        _fee(referral, locked.program_fee) if rule.kind == RuleKind.percent.value else (None, None)
     )
     computed = compute_amount(
         rule,
@@ -239,7 +245,7 @@ async def grant(session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: boo
 
     # A cheap early answer for a spent budget (no lock); the guarded statement below decides.
     total = campaign.budget_total_amount
-    if total is not None and await budget.budget_spent(session, campaign.id) + amount > total:
+    if total is not None and await budget.budget_spent_seeded(session, campaign.id) + amount > total:
         return _skip(reward, SkipReason.budget_exhausted, amount, computed.basis)
 
     # A savepoint takes back what passed when a later guard refuses: needed only when more than
@@ -264,8 +270,12 @@ async def grant(session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: boo
         reference_id=reward.id,
         metadata={"referral_id": str(reward.referral_id), "milestone": reward.milestone, "role": reward.role},
     )
-    if not await budget.spend_budget(session, campaign.id, amount, total):
-        assert savepoint is not None  # only a set total refuses
+    if total is None:
+        # No total to guard: the campaign's budget row is left alone (every grant updating that one
+        # row serialised them all). The mark tells a later void there is nothing to refund.
+        charged.append(budget.UNCHARGED_MARK)
+    elif not await budget.spend_budget(session, campaign.id, amount, total):
+        assert savepoint is not None
         await savepoint.rollback()  # takes the ledger entry and the counters back with it
         return _skip(reward, SkipReason.budget_exhausted, amount, computed.basis)
     if savepoint is not None:

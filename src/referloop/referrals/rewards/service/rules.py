@@ -183,11 +183,15 @@ async def list_rules(session: AsyncSession, campaign_id: uuid.UUID) -> tuple[lis
 
 async def budget_view(session: AsyncSession, campaign_id: uuid.UUID) -> BudgetOut:
     campaign = await get_campaign(session, campaign_id)
-    spent = await budget.budget_spent(session, campaign.id)
-    count = await session.scalar(
-        text("SELECT rewards FROM campaign_budgets WHERE campaign_id = :c"), {"c": campaign.id}
-    )
     total = campaign.budget_total_amount
+    if total is None:
+        # No total: grants keep no budget row (see `budget`); the rewards say what was spent.
+        spent, count = await budget.granted_totals(session, campaign.id)
+    else:
+        spent = await budget.budget_spent(session, campaign.id)
+        count = await session.scalar(
+            text("SELECT rewards FROM campaign_budgets WHERE campaign_id = :c"), {"c": campaign.id}
+        )
     cur = campaign.currency
     return BudgetOut(
         campaign_id=campaign.id,

@@ -177,7 +177,7 @@ async def reverse(session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: b
             entry_type="referral.reward_voided",
             metadata={"reward_id": str(reward.id), "reason": "enrolment cancelled"},
         )
-        for charge in reward.charged_counters:
+        for charge in budget.counter_charges(reward.charged_counters):
             await budget.unbump_counter(
                 session,
                 campaign_id=reward.campaign_id,
@@ -186,7 +186,8 @@ async def reverse(session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: b
                 period_start=datetime.fromisoformat(charge["period_start"]),
                 delta=int(charge["delta"]),
             )
-        await budget.refund_budget(session, reward.campaign_id, reward.amount)  # the budget row last
+        if budget.charged_to_budget(reward.charged_counters):
+            await budget.refund_budget(session, reward.campaign_id, reward.amount)  # the budget row last
         reward.status = RewardStatus.voided.value
     elif reward.status == RewardStatus.released.value:
         assert reward.member_id is not None and reward.amount is not None
