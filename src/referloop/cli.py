@@ -204,7 +204,7 @@ def settings_doc(
 
 @audit_app.command("verify")
 def audit_verify() -> None:
-    """Recompute the audit chain; exit 1 and list every changed or missing row."""
+    """Recompute every audit chain; exit 1 and list every changed or missing row (chain and seq)."""
 
     async def run(rt: Runtime) -> tuple[int, list[Any]]:
         from referloop.compliance.audit import verify_chain
@@ -214,7 +214,7 @@ def audit_verify() -> None:
 
     count, problems = with_runtime(run)
     for p in problems:
-        typer.echo(f"seq {p.seq}: {p.problem}", err=True)
+        typer.echo(f"chain {p.chain} seq {p.seq}: {p.problem}", err=True)
     if problems:
         typer.echo(f"audit chain BROKEN: {len(problems)} problem(s) in {count} rows", err=True)
         raise typer.Exit(1)

@@ -1,5 +1,6 @@
 """The audit log: every security event writes a row in the same transaction; the database refuses
-edits; `verify_chain` and `referloop audit verify` find rows changed or removed behind its back.
+edits; `verify_chain` and `referloop audit verify` find rows changed or removed behind its back, in
+any of the log's chains; audited transactions do not wait for each other.
 
 Tampering happens in a scratch database of its own, so the chain other tests share stays intact."""
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ import pytest
 
 from referloop.cli import run_migrations
 from referloop.compliance import audit
-from referloop.compliance.audit import verify_chain
+from referloop.compliance.audit import AUDIT_CHAINS, verify_chain
+from referloop.compliance.audit.models import AuditEntry
 from referloop.core.context import RequestContext
 from referloop.runtime import Runtime
 from tests.conftest import make_settings
@@ -44,7 +47,7 @@ async def actions_for(rt: Runtime, target_id: str) -> list[dict[str, Any]]:
     return await db_rows(
         rt,
         "SELECT action, actor_id, actor_type, before, after, ip, user_agent, request_id FROM audit_log "
-        "WHERE target_id = :t ORDER BY seq",
+        "WHERE target_id = :t ORDER BY created_at, id",
         t=target_id,
     )
 
@@ -211,8 +214,8 @@ class TestDatabaseRefusesChanges:
     @pytest.mark.parametrize(
         "statement",
         [
-            "UPDATE audit_log SET action = 'auth.nothing_happened' WHERE seq = $1",
-            "DELETE FROM audit_log WHERE seq = $1",
+            "UPDATE audit_log SET action = 'auth.nothing_happened' WHERE id = $1",
+            "DELETE FROM audit_log WHERE id = $1",
             "TRUNCATE audit_log",
         ],
     )
@@ -222,11 +225,13 @@ class TestDatabaseRefusesChanges:
         await register_member(client)  # there is at least one row
         conn = await asyncpg.connect(database_url)
         try:
-            seq, before = await conn.fetchrow("SELECT seq, row_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            args = (seq,) if "$1" in statement else ()
+            row_id, before = await conn.fetchrow(
+                "SELECT id, row_hash FROM audit_log ORDER BY created_at DESC, id DESC LIMIT 1"
+            )
+            args = (row_id,) if "$1" in statement else ()
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
                 await conn.execute(statement, *args)
-            assert await conn.fetchval("SELECT row_hash FROM audit_log WHERE seq = $1", seq) == before
+            assert await conn.fetchval("SELECT row_hash FROM audit_log WHERE id = $1", row_id) == before
         finally:
             await conn.close()
 
@@ -249,6 +254,22 @@ class ScratchDb:
                     after={"role": "support", "at": "2026-01-01T00:00:00+00:00", "ok": True, "items": [1, 2]},
                     ctx=RequestContext(request_id=f"r{i}", ip="192.0.2.1", user_agent="tester"),
                 )
+
+    @asynccontextmanager
+    async def only_chain(self, chain: int) -> AsyncIterator[None]:
+        """Every other chain is busy (another connection holds their locks): writers take `chain`."""
+        conn = await asyncpg.connect(self.url)
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock($1::bigint + c) FROM generate_series(0, $2::int - 1) c WHERE c <> $3::int",
+                    audit.service._CHAIN_LOCK_BASE,
+                    AUDIT_CHAINS,
+                    chain,
+                )
+                yield
+        finally:
+            await conn.close()
 
     async def verify(self) -> tuple[int, list[audit.service.ChainProblem]]:
         async with self.rt.db.sessionmaker() as session:
@@ -337,55 +358,130 @@ class TestChainVerification:
         self, scratch: ScratchDb, redis_url: str, tmp_path: Path
     ) -> None:
         assert await scratch.verify() == (0, [])
-        await scratch.record(5)
+        async with scratch.only_chain(3):
+            await scratch.record(5)
         assert await scratch.verify() == (5, [])
         intact = await asyncio.to_thread(scratch.cli, redis_url, tmp_path, "audit", "verify")
         assert intact.returncode == 0, intact.stderr
         assert "intact: 5 rows" in intact.stdout
 
-        await scratch.superuser("""UPDATE audit_log SET after = '{"role": "admin"}' WHERE seq = 3""")
+        await scratch.superuser(
+            """UPDATE audit_log SET after = '{"role": "admin"}' WHERE chain = 3 AND seq = 3"""
+        )
         count, problems = await scratch.verify()
         assert count == 5
-        assert [(p.seq, "edited" in p.problem) for p in problems] == [(3, True)]
+        assert [(p.chain, p.seq, "edited" in p.problem) for p in problems] == [(3, 3, True)]
         broken = await asyncio.to_thread(scratch.cli, redis_url, tmp_path, "audit", "verify")
         assert broken.returncode == 1
-        assert "seq 3" in broken.stderr
+        assert "chain 3 seq 3" in broken.stderr
         assert "BROKEN" in broken.stderr
 
-    async def test_concurrent_writers_keep_one_chain(self, scratch: ScratchDb) -> None:
+    async def test_concurrent_writers_keep_every_chain_gap_free(self, scratch: ScratchDb) -> None:
         await asyncio.gather(*(scratch.record(3, prefix=f"w{i}") for i in range(8)))
         count, problems = await scratch.verify()
         assert (count, problems) == (24, [])
-        seqs = await db_rows(scratch.rt, "SELECT seq FROM audit_log ORDER BY seq")
-        assert [r["seq"] for r in seqs] == list(range(1, 25))
+        rows = await db_rows(scratch.rt, "SELECT chain, seq FROM audit_log ORDER BY chain, seq")
+        chains: dict[int, list[int]] = {}
+        for r in rows:
+            chains.setdefault(r["chain"], []).append(r["seq"])
+        assert len(chains) > 1  # 24 rows in one chain of 16 by chance: 16**-23
+        assert set(chains) <= set(range(AUDIT_CHAINS))
+        for seqs in chains.values():
+            assert seqs == list(range(1, len(seqs) + 1))
+
+    async def test_two_open_audited_transactions_do_not_wait_on_each_other(self, scratch: ScratchDb) -> None:
+        async with scratch.rt.db.sessionmaker() as first, first.begin():
+            await audit.record(first, action="test.first", actor_id=None, actor_type="system")
+            # The first transaction is still open, holding its chain; the second must not wait for it.
+            async with asyncio.timeout(3):
+                async with scratch.rt.db.sessionmaker() as second, second.begin():
+                    await audit.record(second, action="test.second", actor_id=None, actor_type="system")
+            committed = await db_rows(scratch.rt, "SELECT action FROM audit_log")
+            assert committed == [{"action": "test.second"}]
+        rows = await db_rows(scratch.rt, "SELECT action, chain, seq FROM audit_log ORDER BY created_at, id")
+        assert [r["action"] for r in rows] == ["test.first", "test.second"]
+        assert rows[0]["chain"] != rows[1]["chain"]
+        assert [r["seq"] for r in rows] == [1, 1]
+        assert await scratch.verify() == (2, [])
+
+    async def test_when_every_chain_is_busy_a_writer_waits_and_chains_onto_what_the_holder_wrote(
+        self, scratch: ScratchDb, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async with scratch.only_chain(6):
+            await scratch.record(2, prefix="before")
+        # Chain 6 first in every writer's order, so that the blocked writer waits for chain 6.
+        monkeypatch.setattr(
+            audit.service, "_chain_order", lambda: sorted(range(AUDIT_CHAINS), key=lambda c: c != 6)
+        )
+        async with scratch.only_chain(6), scratch.rt.db.sessionmaker() as holder:
+            async with holder.begin():
+                await audit.record(holder, action="holder", actor_id=None, actor_type="system")
+
+                async def blocked() -> None:
+                    async with scratch.rt.db.sessionmaker() as session, session.begin():
+                        await audit.record(session, action="waiter", actor_id=None, actor_type="system")
+
+                waiter = asyncio.create_task(blocked())
+                await asyncio.sleep(0.3)
+                assert not waiter.done()  # every chain is held: it waits
+            await asyncio.wait_for(waiter, 5)  # the holder committed; chain 6 is free again
+        rows = await db_rows(scratch.rt, "SELECT action, chain, seq FROM audit_log ORDER BY chain, seq")
+        assert [(r["action"], r["chain"], r["seq"]) for r in rows] == [
+            ("before.0", 6, 1),
+            ("before.1", 6, 2),
+            ("holder", 6, 3),
+            ("waiter", 6, 4),
+        ]
+        assert await scratch.verify() == (4, [])
 
     async def test_a_rehashed_row_still_breaks_the_next_link(self, scratch: ScratchDb) -> None:
         """A tamperer who edits a row and recomputes its own hash breaks the link from the row after it."""
         from referloop.compliance.audit import service
 
-        await scratch.record(4)
+        async with scratch.only_chain(5):
+            await scratch.record(4)
         async with scratch.rt.db.sessionmaker() as session:
-            row = await session.get(service.AuditEntry, 2)
+            row = await session.get(AuditEntry, (5, 2))
             assert row is not None
             fields = service._hashed_fields(
-                {c.name: getattr(row, c.name) for c in service.AuditEntry.__table__.columns}
+                {c.name: getattr(row, c.name) for c in AuditEntry.__table__.columns}
             )
             fields["after"] = {"role": "admin"}
             forged = service._row_digest(bytes(row.prev_hash), fields)
         await scratch.superuser(
-            f"""UPDATE audit_log SET after = '{{"role": "admin"}}', row_hash = '\\x{forged.hex()}' WHERE seq = 2"""
+            f"""UPDATE audit_log SET after = '{{"role": "admin"}}', row_hash = '\\x{forged.hex()}'
+            WHERE chain = 5 AND seq = 2"""
         )
         _, problems = await scratch.verify()
-        assert [(p.seq, "link" in p.problem) for p in problems] == [(3, True)]
+        assert [(p.chain, p.seq, "link" in p.problem) for p in problems] == [(5, 3, True)]
 
-    async def test_a_deleted_row_is_found(self, scratch: ScratchDb) -> None:
-        await scratch.record(5)
-        await scratch.superuser("DELETE FROM audit_log WHERE seq = 2")
+    async def test_a_row_deleted_from_a_chain_other_than_0_is_found(
+        self, scratch: ScratchDb, redis_url: str, tmp_path: Path
+    ) -> None:
+        async with scratch.only_chain(0):
+            await scratch.record(2, prefix="zero")
+        async with scratch.only_chain(7):
+            await scratch.record(5)
+        await scratch.superuser("DELETE FROM audit_log WHERE chain = 7 AND seq = 2")
         count, problems = await scratch.verify()
-        assert count == 4
+        assert count == 6
         assert problems
-        assert problems[0].seq == 2
+        assert (problems[0].chain, problems[0].seq) == (7, 2)
         assert "missing" in problems[0].problem
+        broken = await asyncio.to_thread(scratch.cli, redis_url, tmp_path, "audit", "verify")
+        assert broken.returncode == 1
+        assert "chain 7 seq 2: rows 2..2 are missing" in broken.stderr
+
+    async def test_a_chain_moved_row_is_found(self, scratch: ScratchDb) -> None:
+        """A row's chain is covered by its hash: moving it to another chain (at that chain's end, with
+        the right link) is still an edit."""
+        async with scratch.only_chain(1):
+            await scratch.record(1, prefix="one")
+        async with scratch.only_chain(2):
+            await scratch.record(1, prefix="two")
+        await scratch.superuser("UPDATE audit_log SET chain = 9 WHERE chain = 2")
+        _, problems = await scratch.verify()
+        assert [(p.chain, p.seq, "edited" in p.problem) for p in problems] == [(9, 1, True)]
 
     async def test_the_shared_chain_of_this_run_is_intact(self, runtime: Runtime) -> None:
         async with runtime.db.sessionmaker() as session:

@@ -82,7 +82,9 @@ async def test_member_opens_a_dispute_and_support_answers_then_resolves(client, 
     actions = [
         r["action"]
         for r in await db_rows(
-            runtime, "SELECT action FROM audit_log WHERE target_id = :id ORDER BY seq", id=dispute["id"]
+            runtime,
+            "SELECT action FROM audit_log WHERE target_id = :id ORDER BY created_at, id",
+            id=dispute["id"],
         )
     ]
     assert actions == ["dispute.opened", "dispute.assigned", "dispute.replied", "dispute.resolved"]

@@ -155,7 +155,7 @@ async def test_changing_a_method_restarts_the_cool_down_and_is_audited(client, r
             await s.scalars(
                 select(AuditEntry.action)
                 .where(AuditEntry.target_id == created["id"])
-                .order_by(AuditEntry.seq)
+                .order_by(AuditEntry.created_at, AuditEntry.id)
             )
         ).all()
     assert actions == ["payout_method.added", "payout_method.changed"]

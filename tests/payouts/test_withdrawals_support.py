@@ -160,7 +160,7 @@ async def events_of(rt: Runtime, withdrawal_id: str) -> list[str]:
 async def audit_actions(rt: Runtime, withdrawal_id: str) -> list[str]:
     rows = await db_rows(
         rt,
-        "SELECT action FROM audit_log WHERE target_type = 'withdrawal' AND target_id = :w ORDER BY seq",
+        "SELECT action FROM audit_log WHERE target_type = 'withdrawal' AND target_id = :w ORDER BY created_at, id",
         w=withdrawal_id,
     )
     return [r["action"] for r in rows]

@@ -133,5 +133,7 @@ async def create_campaign(
 
 
 async def audit_actions(rt: Runtime, target_id: str) -> list[str]:
-    rows = await sql(rt, "SELECT action FROM audit_log WHERE target_id = :t ORDER BY seq", t=target_id)
+    rows = await sql(
+        rt, "SELECT action FROM audit_log WHERE target_id = :t ORDER BY created_at, id", t=target_id
+    )
     return [r["action"] for r in rows]

@@ -369,6 +369,6 @@ async def test_a_slow_receiver_times_out_and_is_retried(
     await deliver(rt, now=row["next_attempt_at"])
     assert (await delivery_row(rt, event_id, endpoint["id"]))["status"] == "succeeded"
     actions = await sql(
-        rt, "SELECT action FROM audit_log WHERE target_id = :t ORDER BY seq", t=endpoint["id"]
+        rt, "SELECT action FROM audit_log WHERE target_id = :t ORDER BY created_at, id", t=endpoint["id"]
     )
     assert [a["action"] for a in actions] == ["webhooks.endpoint_created"]

@@ -79,7 +79,9 @@ async def test_partner_endpoints_see_and_receive_only_their_university(
 
     # Every partner call is audited under the key.
     actions = await sql(
-        runtime, "SELECT action FROM audit_log WHERE actor_id = :k ORDER BY seq", k=uuid.UUID(a.key_id)
+        runtime,
+        "SELECT action FROM audit_log WHERE actor_id = :k ORDER BY created_at, id",
+        k=uuid.UUID(a.key_id),
     )
     names = [x["action"] for x in actions]
     assert names[0] == "webhooks.endpoint_created" and "partner.webhook_endpoint_created" in names

@@ -50,7 +50,9 @@ async def test_key_is_shown_once_stored_hashed_and_listed_masked(
     r = await client.get(f"{KEYS}/{created['id']}", headers=admin.auth)
     assert r.status_code == 200 and "key" not in r.json()
     audit = await sql(
-        runtime, "SELECT action, actor_type FROM audit_log WHERE target_id = :t ORDER BY seq", t=created["id"]
+        runtime,
+        "SELECT action, actor_type FROM audit_log WHERE target_id = :t ORDER BY created_at, id",
+        t=created["id"],
     )
     assert audit == [{"action": "partner.api_key_created", "actor_type": "staff"}]
 
@@ -86,7 +88,7 @@ async def test_calls_authenticate_by_bearer_or_x_api_key_and_are_audited(
 
     rows = await sql(
         runtime,
-        "SELECT action, actor_type, actor_id, target_id, after FROM audit_log WHERE actor_id = :k ORDER BY seq",
+        "SELECT action, actor_type, actor_id, target_id, after FROM audit_log WHERE actor_id = :k ORDER BY created_at, id",
         k=uuid.UUID(partner.key_id),
     )
     assert [r["action"] for r in rows] == ["partner.api_call", "partner.api_call"]
@@ -134,7 +136,7 @@ async def test_revoked_key_gets_401(client: httpx.AsyncClient, runtime: Runtime,
     r = await client.post(f"{KEYS}/{partner.key_id}/rotate", headers=admin.auth)
     assert r.status_code == 409
     actions = await sql(
-        runtime, "SELECT action FROM audit_log WHERE target_id = :t ORDER BY seq", t=partner.key_id
+        runtime, "SELECT action FROM audit_log WHERE target_id = :t ORDER BY created_at, id", t=partner.key_id
     )
     assert [a["action"] for a in actions] == ["partner.api_key_created", "partner.api_key_revoked"]
 

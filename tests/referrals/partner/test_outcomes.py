@@ -99,7 +99,7 @@ async def test_each_item_gets_its_own_result_and_a_bad_one_never_fails_the_batch
 
     rows = await sql(
         runtime,
-        "SELECT action, actor_type, after FROM audit_log WHERE actor_id = :k AND action LIKE 'partner.%' ORDER BY seq",
+        "SELECT action, actor_type, after FROM audit_log WHERE actor_id = :k AND action LIKE 'partner.%' ORDER BY created_at, id",
         k=uuid.UUID(partner.key_id),
     )
     assert rows[-1]["action"] == "partner.outcomes_reported" and rows[-1]["actor_type"] == "partner"

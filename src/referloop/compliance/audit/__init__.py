@@ -1,5 +1,6 @@
-"""Append-only, hash-chained audit log. Other domains call `record(...)` in their own transaction."""
+"""Append-only, hash-chained audit log. Other domains call `record(...)` (or `record_many`) in their
+own transaction."""
 
-from referloop.compliance.audit.service import record, verify_chain
+from referloop.compliance.audit.service import AUDIT_CHAINS, AuditRecord, record, record_many, verify_chain
 
-__all__ = ["record", "verify_chain"]
+__all__ = ["AUDIT_CHAINS", "AuditRecord", "record", "record_many", "verify_chain"]

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Index, LargeBinary, String
+from sqlalchemy import BigInteger, Index, LargeBinary, SmallInteger, String
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -13,10 +13,13 @@ from referloop.core.db import Base
 
 class AuditEntry(Base):
     """One recorded change. The database refuses UPDATE, DELETE and TRUNCATE on this table
-    (trigger in the migration); `row_hash` chains each row to the one before it."""
+    (trigger in the migration). The log is `AUDIT_CHAINS` hash chains (service.py): `row_hash` chains
+    each row to the one before it in its `chain`, whose `seq` runs 1, 2, 3... without gaps. There is no
+    global order across chains: sort by (created_at, id) for one."""
 
     __tablename__ = "audit_log"
 
+    chain: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     id: Mapped[uuid.UUID] = mapped_column(unique=True)
     created_at: Mapped[datetime]

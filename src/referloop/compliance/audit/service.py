@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event, insert, select, text
+from sqlalchemy import event, insert, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -17,10 +18,18 @@ from referloop.core.context import RequestContext
 from referloop.core.ids import uuid7
 
 GENESIS_HASH = b"\x00" * 32
-# One constant advisory lock orders writers of the chain. It is held only from the insert to the
-# commit of the writing transaction, so audited writes serialise on it; that is the price of a
-# single verifiable chain, and audited actions are rare next to reads.
-_CHAIN_LOCK_KEY = 0x5245464C4F4F50  # "REFLOOP"
+# The log is AUDIT_CHAINS independent hash chains, like the ledger's sharded platform accounts: each
+# chain has its own advisory lock (held from a transaction's first audit row to its commit) and its
+# own gap-free `seq`. A transaction takes the first free chain in a random order and blocks only when
+# all are busy, so audited writes no longer wait for each other. Raise it at any time; never lower it
+# (the higher chains would stop growing, which `verify` cannot tell from a truncated chain).
+AUDIT_CHAINS = 16
+# Chain c is locked with key _CHAIN_LOCK_BASE + c (chain 0 keeps the key of the former single chain).
+_CHAIN_LOCK_BASE = 0x5245464C4F4F50  # "REFLOOP"
+# One round trip: try the chains in the given order, block on the first if none is free, then read
+# that chain's last row (the function is VOLATILE, so that read sees what the previous holder of the
+# lock committed). Defined in migration 0013_audit_chains.
+_PICK_CHAIN = text("SELECT * FROM audit_chain_head(CAST(:chains AS smallint[]), CAST(:base AS bigint))")
 
 
 def _jsonb_numbers(value: Any) -> Any:
@@ -50,7 +59,7 @@ def _row_digest(prev_hash: bytes, fields: dict[str, Any]) -> bytes:
 
 
 def _hashed_fields(row: dict[str, Any]) -> dict[str, Any]:
-    return {
+    fields = {
         "seq": row["seq"],
         "id": str(row["id"]),
         "created_at": row["created_at"].astimezone(UTC).isoformat(),
@@ -65,40 +74,74 @@ def _hashed_fields(row: dict[str, Any]) -> dict[str, Any]:
         "user_agent": row["user_agent"],
         "request_id": row["request_id"],
     }
+    # Rows written before the log had chains are chain 0 and were hashed without it; every other
+    # row's hash covers its chain too.
+    if row["chain"]:
+        fields["chain"] = row["chain"]
+    return fields
 
 
-_HEAD_KEY = "audit_chain_head"
+_HEAD_KEY = "audit_chain_head"  # (chain, next seq, hash to chain onto) while this transaction holds it
+_HINT_KEY = "audit_chain_hint"  # the chain this transaction took, tried first again after a savepoint
 
 
 def _forget_head(session: Session, previous_transaction: SessionTransaction) -> None:
-    # A rollback (of the transaction or of a savepoint) may have undone rows we chained onto.
+    # A rollback (of the transaction or of a savepoint) may have undone rows we chained onto, and a
+    # lock taken inside a rolled-back savepoint is released: read the head (and lock) again.
     session.info.pop(_HEAD_KEY, None)
+    if previous_transaction.parent is None:
+        session.info.pop(_HINT_KEY, None)
 
 
-async def _chain_head(session: AsyncSession) -> tuple[int, bytes]:
-    """The next seq and the hash to chain onto. The first audit row of a transaction takes the chain
-    lock and reads the last row; later rows of the same transaction (a partner batch writes one per
-    item) reuse what this transaction last wrote, since the lock is held until it ends."""
+def _forget_on_commit(session: Session) -> None:
+    # The lock ends with the transaction: the next transaction of this session must take one again.
+    session.info.pop(_HEAD_KEY, None)
+    session.info.pop(_HINT_KEY, None)
+
+
+def _chain_order() -> list[int]:
+    """The order a transaction tries the chains in: random, so that writers spread over them."""
+    return random.sample(range(AUDIT_CHAINS), AUDIT_CHAINS)
+
+
+async def _chain_head(session: AsyncSession) -> tuple[int, int, bytes]:
+    """(chain, next seq, hash to chain onto). The first audit row of a transaction locks a chain and
+    reads its last row; later rows of the same transaction (a partner batch writes one per item)
+    reuse what this transaction last wrote, since the lock is held until it ends."""
     head = session.info.get(_HEAD_KEY)
     if head is not None:
-        seq, prev = head
-        return int(seq), bytes(prev)
+        chain, seq, prev = head
+        return int(chain), int(seq), bytes(prev)
     sync_session = session.sync_session
     if not event.contains(sync_session, "after_soft_rollback", _forget_head):
         event.listen(sync_session, "after_soft_rollback", _forget_head)
         event.listen(sync_session, "after_commit", _forget_on_commit)
-    await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCK_KEY})
-    last = (
-        await session.execute(
-            select(AuditEntry.seq, AuditEntry.row_hash).order_by(AuditEntry.seq.desc()).limit(1)
-        )
-    ).first()
-    return (last[0] + 1, bytes(last[1])) if last else (1, GENESIS_HASH)
+    order = _chain_order()
+    hint = session.info.get(_HINT_KEY)
+    if hint is not None:  # after a savepoint rollback: most likely still ours, or free
+        order.remove(hint)
+        order.insert(0, hint)
+    chain, last_seq, last_hash = (
+        await session.execute(_PICK_CHAIN, {"chains": order, "base": _CHAIN_LOCK_BASE})
+    ).one()
+    session.info[_HINT_KEY] = chain
+    if last_seq is None:
+        return int(chain), 1, GENESIS_HASH
+    return int(chain), int(last_seq) + 1, bytes(last_hash)
 
 
-def _forget_on_commit(session: Session) -> None:
-    # The lock ends with the transaction: the next transaction of this session must take it again.
-    session.info.pop(_HEAD_KEY, None)
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One row to append with `record_many` (the arguments of `record`)."""
+
+    action: str
+    actor_id: uuid.UUID | None
+    actor_type: str = "member"
+    target_type: str | None = None
+    target_id: uuid.UUID | str | None = None
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    ctx: RequestContext | None = field(default=None)
 
 
 async def record(
@@ -114,63 +157,88 @@ async def record(
     ctx: RequestContext | None = None,
 ) -> None:
     """Append one audit row in the caller's transaction (it is kept only if that commits)."""
-    ctx = ctx or RequestContext()
-    seq, prev_hash = await _chain_head(session)
-    row: dict[str, Any] = {
-        "seq": seq,
-        "id": uuid7(),
-        "created_at": datetime.now(UTC),
-        "actor_id": actor_id,
-        "actor_type": actor_type,
-        "action": action,
-        "target_type": target_type,
-        "target_id": str(target_id) if target_id is not None else None,
-        "before": _canonical(before),
-        "after": _canonical(after),
-        "ip": (ctx.ip or "")[:64] or None,
-        "user_agent": (ctx.user_agent or "")[:512] or None,
-        "request_id": ctx.request_id,
-    }
-    row["prev_hash"] = prev_hash
-    row["row_hash"] = _row_digest(prev_hash, _hashed_fields(row))
-    await session.execute(insert(AuditEntry).values(**row))
-    session.info[_HEAD_KEY] = (seq + 1, row["row_hash"])
+    await record_many(
+        session,
+        [AuditRecord(action, actor_id, actor_type, target_type, target_id, before, after, ctx)],
+    )
+
+
+async def record_many(session: AsyncSession, entries: Sequence[AuditRecord]) -> None:
+    """Append several audit rows, in order, in one INSERT in the caller's transaction."""
+    if not entries:
+        return
+    chain, seq, prev_hash = await _chain_head(session)
+    rows: list[dict[str, Any]] = []
+    for entry in entries:
+        ctx = entry.ctx or RequestContext()
+        row: dict[str, Any] = {
+            "chain": chain,
+            "seq": seq,
+            "id": uuid7(),
+            "created_at": datetime.now(UTC),
+            "actor_id": entry.actor_id,
+            "actor_type": entry.actor_type,
+            "action": entry.action,
+            "target_type": entry.target_type,
+            "target_id": str(entry.target_id) if entry.target_id is not None else None,
+            "before": _canonical(entry.before),
+            "after": _canonical(entry.after),
+            "ip": (ctx.ip or "")[:64] or None,
+            "user_agent": (ctx.user_agent or "")[:512] or None,
+            "request_id": ctx.request_id,
+        }
+        row["prev_hash"] = prev_hash
+        row["row_hash"] = prev_hash = _row_digest(prev_hash, _hashed_fields(row))
+        rows.append(row)
+        seq += 1
+    await session.execute(insert(AuditEntry).values(rows))
+    session.info[_HEAD_KEY] = (chain, seq, prev_hash)
 
 
 @dataclass(frozen=True)
 class ChainProblem:
+    chain: int
     seq: int
     problem: str
 
 
 async def _rows(session: AsyncSession, batch: int = 5000) -> AsyncIterator[AuditEntry]:
-    last_seq = 0
+    """Every row, chain by chain, each chain in `seq` order."""
+    after = (-1, 0)
     while True:
         rows = (
             await session.scalars(
-                select(AuditEntry).where(AuditEntry.seq > last_seq).order_by(AuditEntry.seq).limit(batch)
+                select(AuditEntry)
+                .where(tuple_(AuditEntry.chain, AuditEntry.seq) > after)
+                .order_by(AuditEntry.chain, AuditEntry.seq)
+                .limit(batch)
             )
         ).all()
         if not rows:
             return
         for row in rows:
             yield row
-        last_seq = rows[-1].seq
+        after = (rows[-1].chain, rows[-1].seq)
 
 
 async def verify_chain(session: AsyncSession) -> tuple[int, list[ChainProblem]]:
-    """Recompute every row's hash in order. Finds changed rows, deleted rows (a gap in `seq` or a
-    broken link) and reordered rows. Returns (rows checked, problems)."""
+    """Recompute every row's hash, each chain in order. Finds changed rows, deleted rows (a gap in a
+    chain's `seq` or a broken link) and reordered rows, naming chain and seq. Returns (rows checked,
+    problems)."""
     problems: list[ChainProblem] = []
-    expected_seq, prev_hash, count = 1, GENESIS_HASH, 0
+    chain, expected_seq, prev_hash, count = -1, 1, GENESIS_HASH, 0
     async for row in _rows(session):
         count += 1
+        if row.chain != chain:
+            chain, expected_seq, prev_hash = row.chain, 1, GENESIS_HASH
         if row.seq != expected_seq:
-            problems.append(ChainProblem(expected_seq, f"rows {expected_seq}..{row.seq - 1} are missing"))
+            problems.append(
+                ChainProblem(chain, expected_seq, f"rows {expected_seq}..{row.seq - 1} are missing")
+            )
         if bytes(row.prev_hash) != prev_hash:
-            problems.append(ChainProblem(row.seq, "link to the previous row is broken"))
+            problems.append(ChainProblem(chain, row.seq, "link to the previous row is broken"))
         fields = _hashed_fields({c.name: getattr(row, c.name) for c in AuditEntry.__table__.columns})
         if _row_digest(bytes(row.prev_hash), fields) != bytes(row.row_hash):
-            problems.append(ChainProblem(row.seq, "row content does not match its hash (edited)"))
+            problems.append(ChainProblem(chain, row.seq, "row content does not match its hash (edited)"))
         prev_hash, expected_seq = bytes(row.row_hash), row.seq + 1
     return count, problems
