@@ -18,6 +18,7 @@ class TestMe:
         assert body["locale"] == "en"
         assert body["timezone"] == "UTC"
         assert body["kyc_status"] == "none"
+        assert body["level"] == 1
         assert body["totp_enabled"] is False
         assert "password_hash" not in body
         assert "totp_secret" not in body
@@ -63,6 +64,7 @@ class TestMe:
             ("role", "admin"),
             ("role", "member"),
             ("kyc_status", "verified"),
+            ("level", 5),
             ("referral_code", "AAAAAAAA"),
             ("email_verified", True),
             ("phone_verified", True),

@@ -221,6 +221,55 @@ class TestRoles:
         me = (await client.get("/v1/me", headers=m.auth)).json()
         assert (me["role"], me["kyc_status"]) == ("member", "verified")
 
+    async def test_only_admins_set_the_member_level_audited_and_the_member_sees_it(
+        self, client: httpx.AsyncClient, runtime: Runtime
+    ) -> None:
+        admin = await create_staff(client, runtime)
+        support = await create_staff(client, runtime, role=Role.support)
+        finance = await create_staff(client, runtime, role=Role.finance)
+        m = await register_member(client)
+        path = f"/v1/staff/members/{m.id}/level"
+        for who in (m, support, finance):
+            r = await client.put(path, headers=who.auth, json={"level": 3})
+            assert r.status_code == 403
+        assert (await client.get("/v1/me", headers=m.auth)).json()["level"] == 1
+        for bad in ({"level": 0}, {"level": 1001}, {"level": "3"}, {"level": 2.5}, {}, {"level": 3, "x": 1}):
+            r = await client.put(path, headers=admin.auth, json=bad)
+            assert r.status_code == 422, bad
+        r = await client.put(
+            "/v1/staff/members/01900000-0000-7000-8000-000000000000/level",
+            headers=admin.auth,
+            json={"level": 3},
+        )
+        assert r.status_code == 404
+        assert (
+            await db_rows(
+                runtime,
+                "SELECT 1 FROM audit_log WHERE action = 'staff.level_changed' AND target_id = :t",
+                t=m.id,
+            )
+            == []
+        )
+
+        r = await client.put(path, headers=admin.auth, json={"level": 3})
+        assert r.status_code == 200, r.text
+        assert r.json()["level"] == 3
+        assert (await client.get("/v1/me", headers=m.auth)).json()["level"] == 3
+        assert (await client.get(f"/v1/staff/members/{m.id}", headers=support.auth)).json()["level"] == 3
+        # The member cannot change it back.
+        r = await client.patch("/v1/me", headers=m.auth, json={"level": 1})
+        assert r.status_code == 422
+        assert (await client.get("/v1/me", headers=m.auth)).json()["level"] == 3
+        rows = await db_rows(
+            runtime,
+            "SELECT actor_id, actor_type, before, after FROM audit_log "
+            "WHERE action = 'staff.level_changed' AND target_id = :t",
+            t=m.id,
+        )
+        assert [(str(r["actor_id"]), r["actor_type"], r["before"], r["after"]) for r in rows] == [
+            (admin.id, "staff", {"level": 1}, {"level": 3})
+        ]
+
     async def test_an_admin_cannot_change_their_own_role(
         self, client: httpx.AsyncClient, runtime: Runtime
     ) -> None:

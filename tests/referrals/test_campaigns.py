@@ -11,7 +11,7 @@ import pytest
 from referloop.referrals.service.campaigns import choose_campaign
 from referloop.referrals.service.members import MemberFacts
 from referloop.runtime import Runtime
-from tests.factories import register_member
+from tests.factories import Member, latest_code, new_email, new_phone, register_member
 from tests.referrals.helpers import (
     Admin,
     audit_actions,
@@ -70,6 +70,7 @@ async def test_campaign_is_created_as_draft_with_budget_and_eligibility(
         "require_email_verified": True,
         "require_phone_verified": False,
         "kyc_status": "verified",
+        "min_member_level": None,
     }
     assert await audit_actions(runtime, campaign["id"]) == ["referrals.campaign_created"]
 
@@ -87,6 +88,9 @@ async def test_campaign_input_is_validated(client: httpx.AsyncClient, admin: Adm
         {"budget_total": {"amount": 100, "currency": "USD"}},
         {"program_ids": []},
         {"attribution_window_days": 0},
+        {"eligibility": {"min_member_level": 0}},
+        {"eligibility": {"min_member_level": 1001}},
+        {"eligibility": {"min_member_level": "2"}},
         {"starts_at": "2027-01-01T00:00:00"},
     ):
         r = await client.post("/v1/staff/campaigns", json={**base, **bad}, headers=admin.auth)
@@ -115,7 +119,7 @@ async def test_state_machine_walks_the_allowed_path(
     rows = await sql(
         runtime,
         "SELECT before, after FROM audit_log WHERE target_id = :t"
-        " AND action = 'referrals.campaign_state_changed' ORDER BY seq",
+        " AND action = 'referrals.campaign_state_changed' ORDER BY created_at, id",
         t=campaign["id"],
     )
     assert [(row["before"]["state"], row["after"]["state"]) for row in rows] == [
@@ -259,7 +263,48 @@ async def test_choose_campaign_is_deterministic_and_respects_eligibility(
     assert low["priority"] == 1
 
 
+async def invite_campaign(client: httpx.AsyncClient, member: Member, program: dict) -> str | None:
+    """The campaign recorded on a new invitation by `member` (what the member sees on it)."""
+    r = await client.post(
+        "/v1/referrals",
+        json={"program_id": program["id"], "name": "Ravi Kumar", "email": new_email()},
+        headers={**member.auth, "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert r.status_code == 201, r.text
+    campaign_id: str | None = r.json()["campaign_id"]
+    return campaign_id
+
+
+async def verify(client: httpx.AsyncClient, runtime: Runtime, member: Member, channel: str) -> None:
+    r = await client.post(f"/v1/auth/verify/{channel}/request", headers=member.auth)
+    assert r.status_code == 202, r.text
+    to = member.phone if channel == "phone" else member.email
+    assert to is not None
+    code = await latest_code(runtime, to, sms=channel == "phone")
+    r = await client.post(f"/v1/auth/verify/{channel}/confirm", headers=member.auth, json={"code": code})
+    assert r.status_code == 200, r.text
+    assert r.json()[f"{channel}_verified"] is True
+
+
 async def test_email_verification_requirement_filters_campaigns(
+    client: httpx.AsyncClient, admin: Admin, program: dict, runtime: Runtime
+):
+    only = await create_campaign(client, admin, [program["id"]], eligibility={"require_email_verified": True})
+    async with runtime.db.sessionmaker() as session:
+        pid = uuid.UUID(program["id"])
+        assert await choose_campaign(session, pid, facts(email_verified=False), datetime.now(UTC)) is None
+        chosen = await choose_campaign(session, pid, facts(email_verified=True), datetime.now(UTC))
+        assert chosen is not None and str(chosen.id) == only["id"]
+    # Through the API: an unverified referrer's invitation gets no campaign; once the email is
+    # verified, the next one does (a verified phone does not count for it).
+    member = await register_member(client, phone=new_phone())
+    await verify(client, runtime, member, "phone")
+    assert await invite_campaign(client, member, program) is None
+    await verify(client, runtime, member, "email")
+    assert await invite_campaign(client, member, program) == only["id"]
+
+
+async def test_phone_verification_requirement_filters_campaigns(
     client: httpx.AsyncClient, admin: Admin, program: dict, runtime: Runtime
 ):
     only = await create_campaign(client, admin, [program["id"]], eligibility={"require_phone_verified": True})
@@ -268,6 +313,50 @@ async def test_email_verification_requirement_filters_campaigns(
         assert await choose_campaign(session, pid, facts(phone_verified=False), datetime.now(UTC)) is None
         chosen = await choose_campaign(session, pid, facts(phone_verified=True), datetime.now(UTC))
         assert chosen is not None and str(chosen.id) == only["id"]
+    # Through the API: a verified email does not count; a verified phone does.
+    member = await register_member(client, phone=new_phone())
+    await verify(client, runtime, member, "email")
+    assert await invite_campaign(client, member, program) is None
+    await verify(client, runtime, member, "phone")
+    assert await invite_campaign(client, member, program) == only["id"]
+
+
+async def test_minimum_member_level_filters_campaigns(
+    client: httpx.AsyncClient, admin: Admin, program: dict, runtime: Runtime
+):
+    fallback = await create_campaign(client, admin, [program["id"]], priority=1)
+    leveled = await create_campaign(
+        client, admin, [program["id"]], priority=5, eligibility={"min_member_level": 3}
+    )
+    assert leveled["eligibility"]["min_member_level"] == 3
+    async with runtime.db.sessionmaker() as session:
+        pid, now = uuid.UUID(program["id"]), datetime.now(UTC)
+        for level, expected in ((1, fallback), (2, fallback), (3, leveled), (7, leveled)):
+            chosen = await choose_campaign(session, pid, facts(level=level), now)
+            assert chosen is not None and str(chosen.id) == expected["id"], level
+
+    # Through the API: a new member (level 1) gets the fallback; once an admin sets their level to 3,
+    # their next invitation gets the higher-priority campaign.
+    member = await register_member(client)
+    assert (await client.get("/v1/me", headers=member.auth)).json()["level"] == 1
+    assert await invite_campaign(client, member, program) == fallback["id"]
+    r = await client.put(f"/v1/staff/members/{member.id}/level", headers=admin.auth, json={"level": 3})
+    assert r.status_code == 200, r.text
+    assert await invite_campaign(client, member, program) == leveled["id"]
+
+    # Staff can lift the requirement (audited like any edit); then level 1 qualifies.
+    r = await client.patch(
+        f"/v1/staff/campaigns/{leveled['id']}", json={"eligibility": {}}, headers=admin.auth
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["eligibility"]["min_member_level"] is None
+    [row] = await sql(
+        runtime,
+        "SELECT before, after FROM audit_log WHERE action = 'referrals.campaign_updated' AND target_id = :t",
+        t=leveled["id"],
+    )
+    assert (row["before"]["min_member_level"], row["after"]["min_member_level"]) == (3, None)
+    assert await invite_campaign(client, await register_member(client), program) == leveled["id"]
 
 
 async def test_a_retried_create_answers_the_first_campaign(

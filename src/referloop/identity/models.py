@@ -21,6 +21,9 @@ class Role(StrEnum):
         return self is not Role.member
 
 
+MAX_MEMBER_LEVEL = 1000
+
+
 class KycStatus(StrEnum):
     none = "none"
     pending = "pending"
@@ -45,6 +48,9 @@ class User(IdMixin, TimestampMixin, SoftDeleteMixin, Base):
     timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
     preferred_currency: Mapped[str | None] = mapped_column(String(3))
     kyc_status: Mapped[str] = mapped_column(String(20), default=KycStatus.none.value, server_default="none")
+    # The member's level (1 for everyone until the engagement issue computes levels); set by admins.
+    # Campaigns may require a minimum level (`campaigns.min_member_level`).
+    level: Mapped[int] = mapped_column(SmallInteger, default=1, server_default="1")
     totp_secret: Mapped[str | None] = mapped_column(String(255))  # field-encrypted
     totp_enabled_at: Mapped[datetime | None]
     totp_last_step: Mapped[int | None]  # the last accepted time step: a code is never accepted twice
@@ -54,6 +60,7 @@ class User(IdMixin, TimestampMixin, SoftDeleteMixin, Base):
         CheckConstraint("email IS NOT NULL OR phone IS NOT NULL", name="email_or_phone"),
         CheckConstraint("role IN ('member','support','finance','admin')", name="role_known"),
         CheckConstraint("kyc_status IN ('none','pending','verified','rejected')", name="kyc_status_known"),
+        CheckConstraint(f"level BETWEEN 1 AND {MAX_MEMBER_LEVEL}", name="level_bounded"),
         Index("uq_users_email_live", "email", unique=True, postgresql_where=text("deleted_at IS NULL")),
         Index("uq_users_phone_live", "phone", unique=True, postgresql_where=text("deleted_at IS NULL")),
         Index("uq_users_referral_code", "referral_code", unique=True),

@@ -48,6 +48,7 @@ def me_out(user: User) -> MeOut:
                     "timezone",
                     "preferred_currency",
                     "kyc_status",
+                    "level",
                     "created_at",
                 )
             },

@@ -11,13 +11,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictInt,
     StringConstraints,
     field_validator,
     model_validator,
 )
 
 from referloop.core.validation import DisplayName, Email, OtpCode, Password, Phone, StrictModel
-from referloop.identity.models import KycStatus, Role
+from referloop.identity.models import MAX_MEMBER_LEVEL, KycStatus, Role
 
 ReferralCodeIn = Annotated[str, StringConstraints(min_length=4, max_length=32, pattern=r"^[A-Za-z0-9-]+$")]
 DeviceName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
@@ -157,6 +158,7 @@ class MeOut(BaseModel):
     timezone: str
     preferred_currency: str | None
     kyc_status: KycStatus
+    level: int = Field(description="Member level (1 and up); some campaigns require a minimum level.")
     totp_enabled: bool
     created_at: datetime
 
@@ -198,6 +200,12 @@ class RoleChange(StrictModel):
 
 class KycChange(StrictModel):
     kyc_status: KycStatus
+
+
+class LevelChange(StrictModel):
+    level: StrictInt = Field(ge=1, le=MAX_MEMBER_LEVEL)
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"level": 3}]})
 
 
 class Accepted(BaseModel):

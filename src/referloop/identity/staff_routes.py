@@ -11,7 +11,7 @@ from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from referloop.identity.deps import AdminStaff, FinanceStaff, SupportStaff
 from referloop.identity.models import KycStatus, Role
 from referloop.identity.routes import me_out
-from referloop.identity.schemas import KycChange, MeOut, RoleChange
+from referloop.identity.schemas import KycChange, LevelChange, MeOut, RoleChange
 from referloop.identity.service import staff
 from referloop.identity.service.accounts import get_user
 
@@ -56,3 +56,12 @@ async def set_kyc_status(
 ) -> MeOut:
     """Finance and admins. Audited. Replaced by the KYC review flow when it lands."""
     return me_out(await staff.set_kyc_status(session, actor, user_id, body.kyc_status, ctx))
+
+
+@router.put("/members/{user_id}/level", response_model=MeOut, responses=problem_responses(404, 422))
+async def set_level(
+    user_id: uuid.UUID, body: LevelChange, actor: AdminStaff, session: WriteSession, ctx: ContextDep
+) -> MeOut:
+    """Admins only. Audited. The member's level (1 and up), which campaigns may require a minimum
+    of; set by hand until the engagement issue computes levels. Members cannot change it."""
+    return me_out(await staff.set_level(session, actor, user_id, body.level, ctx))

@@ -27,6 +27,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from referloop.core.db import Base, IdMixin, SoftDeleteMixin, TimestampMixin, utcnow
+from referloop.identity.models import MAX_MEMBER_LEVEL
 
 
 class ProgramLevel(StrEnum):
@@ -143,6 +144,7 @@ class Campaign(IdMixin, TimestampMixin, Base):
     require_email_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     require_phone_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     required_kyc_status: Mapped[str | None] = mapped_column(String(20))
+    min_member_level: Mapped[int | None] = mapped_column(SmallInteger)  # None: any level
     attribution_window_days: Mapped[int] = mapped_column(SmallInteger, default=30, server_default="30")
     activated_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
@@ -162,6 +164,10 @@ class Campaign(IdMixin, TimestampMixin, Base):
             "(per_referrer_amount IS NULL) = (per_referrer_period IS NULL)", name="cap_has_period"
         ),
         CheckConstraint("attribution_window_days BETWEEN 1 AND 365", name="window_days_bounded"),
+        CheckConstraint(
+            f"min_member_level IS NULL OR min_member_level BETWEEN 1 AND {MAX_MEMBER_LEVEL}",
+            name="min_member_level_bounded",
+        ),
         Index("ix_campaigns_state_starts_at", "state", "starts_at"),
     )
 

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from referloop.core.validation import StrictModel
-from referloop.identity.models import KycStatus
+from referloop.identity.models import MAX_MEMBER_LEVEL, KycStatus
 from referloop.referrals.models import BudgetPeriod, CampaignState, ProgramLevel
 
 Slug = Annotated[str, StringConstraints(min_length=2, max_length=100, pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$")]
@@ -206,6 +206,12 @@ class Eligibility(BaseModel):
     require_email_verified: StrictBool = False
     require_phone_verified: StrictBool = False
     kyc_status: KycStatus | None = Field(default=None, description="The referrer's KYC status must be this.")
+    min_member_level: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_MEMBER_LEVEL,
+        description="The referrer's member level must be at least this; null for any level.",
+    )
 
 
 class CampaignCreate(StrictModel):
@@ -257,7 +263,9 @@ class CampaignUpdate(StrictModel):
     priority: StrictInt | None = Field(default=None, ge=-1000, le=1000)
     budget_total: Money | None = None
     per_referrer_cap: ReferrerCap | None = None
-    eligibility: Eligibility | None = None
+    eligibility: Eligibility | None = Field(
+        default=None, description="Replaces the whole eligibility; fields left out take their defaults."
+    )
     attribution_window_days: StrictInt | None = Field(default=None, ge=1, le=365)
 
 

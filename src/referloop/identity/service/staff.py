@@ -1,4 +1,5 @@
-"""What staff do to member accounts: search, change roles, set KYC status (until the KYC issue)."""
+"""What staff do to member accounts: search, change roles, set KYC status (until the KYC issue),
+set the member level (until the engagement issue computes it)."""
 
 from __future__ import annotations
 
@@ -82,6 +83,27 @@ async def set_kyc_status(
         target_id=user.id,
         before={"kyc_status": before},
         after={"kyc_status": kyc_status.value},
+        ctx=ctx,
+    )
+    await session.flush()
+    return user
+
+
+async def set_level(
+    session: AsyncSession, actor: Principal, user_id: uuid.UUID, level: int, ctx: RequestContext
+) -> User:
+    user = await get_user(session, user_id)
+    before = user.level
+    user.level = level
+    await audit.record(
+        session,
+        action="staff.level_changed",
+        actor_id=actor.user_id,
+        actor_type="staff",
+        target_type="user",
+        target_id=user.id,
+        before={"level": before},
+        after={"level": level},
         ctx=ctx,
     )
     await session.flush()

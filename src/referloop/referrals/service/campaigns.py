@@ -4,7 +4,15 @@ Which campaign applies (`choose_campaign`): among campaigns that are `active`, a
 program, whose window [starts_at, ends_at) contains the moment, and whose eligibility the referrer
 meets, the one with the highest `priority`; on a tie the one that started last (`starts_at`); on a
 tie the one created last (the greatest UUIDv7 id). The order is total, so the answer is
-deterministic, and the lifecycle records the chosen campaign id on the referral."""
+deterministic, and the lifecycle records the chosen campaign id on the referral.
+
+Eligibility, all of which must hold for the referrer (at the moment of the choice):
+- `eligible_countries`: empty, or contains the referrer's country (a referrer with none is refused);
+- `require_email_verified` / `require_phone_verified`: that contact is verified;
+- `required_kyc_status`: null, or equal to the referrer's KYC status;
+- `min_member_level`: null, or at most the referrer's member level (`users.level`, 1 by default,
+  set by admins until the engagement issue computes it).
+A campaign the referrer is not eligible for is skipped, so a lower-priority one may apply instead."""
 
 from __future__ import annotations
 
@@ -67,6 +75,7 @@ CAMPAIGN_FIELDS = (
     "require_email_verified",
     "require_phone_verified",
     "required_kyc_status",
+    "min_member_level",
     "attribution_window_days",
 )
 
@@ -93,6 +102,7 @@ def _apply_money_fields(campaign: Campaign, data: dict[str, Any]) -> None:
         campaign.require_email_verified = e["require_email_verified"]
         campaign.require_phone_verified = e["require_phone_verified"]
         campaign.required_kyc_status = e["kyc_status"]
+        campaign.min_member_level = e.get("min_member_level")
 
 
 async def _live_program_short_codes(session: AsyncSession, program_ids: Sequence[uuid.UUID]) -> list[str]:
@@ -186,6 +196,10 @@ async def update_campaign(
     old_programs = await program_ids_of(session, campaign.id)
     before = _snapshot(campaign, old_programs)
     changes = data.model_dump(mode="json", exclude_unset=True)
+    if data.eligibility is not None:
+        # A new eligibility replaces the old one whole: the fields it leaves out take their defaults
+        # (exclude_unset would drop them, and a partial object failed with a 500).
+        changes["eligibility"] = data.eligibility.model_dump(mode="json")
     for field in ("name", "description", "priority", "attribution_window_days"):
         if changes.get(field) is not None:
             setattr(campaign, field, changes[field])
@@ -323,6 +337,7 @@ def budget_view(campaign: Campaign) -> dict[str, Any]:
             "require_email_verified": campaign.require_email_verified,
             "require_phone_verified": campaign.require_phone_verified,
             "kyc_status": campaign.required_kyc_status,
+            "min_member_level": campaign.min_member_level,
         }
     )
     return {"budget_total": total, "per_referrer_cap": cap, "eligibility": eligibility}
@@ -361,6 +376,7 @@ async def choose_campaign(
             or_(Campaign.require_email_verified.is_(False), true() if member.email_verified else false()),
             or_(Campaign.require_phone_verified.is_(False), true() if member.phone_verified else false()),
             or_(Campaign.required_kyc_status.is_(None), Campaign.required_kyc_status == member.kyc_status),
+            or_(Campaign.min_member_level.is_(None), Campaign.min_member_level <= member.level),
         )
         .order_by(Campaign.priority.desc(), Campaign.starts_at.desc(), Campaign.id.desc())
         .limit(1)

@@ -30,6 +30,7 @@ class MemberFacts:
     email_verified: bool
     phone_verified: bool
     kyc_status: str
+    level: int = 1
 
     @classmethod
     def of(cls, user: User) -> MemberFacts:
@@ -42,6 +43,7 @@ class MemberFacts:
             email_verified=user.email_verified_at is not None,
             phone_verified=user.phone_verified_at is not None,
             kyc_status=user.kyc_status,
+            level=user.level,
         )
 
 
