@@ -90,6 +90,9 @@ async def nothing_written(rt: Runtime, referee_id: str) -> None:
     assert await attributions_of(rt, referee_id) == []
     assert await attributed_events(rt, referee_id) == []
     assert await sql(rt, "SELECT 1 FROM member_devices WHERE member_id = :m", m=referee_id) == []
+    # Nor anything downstream of an attribution: no referral, no money.
+    assert await sql(rt, "SELECT 1 FROM referrals WHERE referee_id = :r", r=referee_id) == []
+    assert await sql(rt, "SELECT 1 FROM ledger_postings WHERE member_id = :m", m=referee_id) == []
 
 
 @pytest.fixture
