@@ -322,9 +322,15 @@ async def test_an_item_that_fails_is_undone_alone(
             raise Conflict("not now")
         return result
 
+    async def failing_set(*args: Any, **kw: Any) -> Any:
+        # The set path writes, then fails: the batch falls back to item by item.
+        await real_set(*args, **kw)
+        raise RuntimeError("a set statement failed")
+
+    real_set = partner_outcomes.apply_partner_outcomes
     monkeypatch.setattr(lifecycle, "apply_partner_outcome", flaky)
-    if hasattr(partner_outcomes, "apply_partner_outcome"):
-        monkeypatch.setattr(partner_outcomes, "apply_partner_outcome", flaky)
+    monkeypatch.setattr(partner_outcomes, "apply_partner_outcome", flaky)
+    monkeypatch.setattr(partner_outcomes, "apply_partner_outcomes", failing_set)
 
     partner = await make_partner(client, admin)
     member = await new_member(client)

@@ -19,6 +19,7 @@ reaching a milestone queues its rewards, and a reversal asks for the enrolment's
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -406,3 +407,180 @@ async def lift_hold(
     await _hold_audit(
         session, referral, "referrals.fraud_hold_lifted", S.fraud_hold.value, back, actor, reason, ctx, now
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Set-based moves (partner batches): the caller has locked the referrals (in id order), decided the
+# moves in Python with the same rules as `transition` and `note`, and written the referral rows;
+# this writes what every move writes besides, a constant number of statements for any number of moves.
+
+
+@dataclass(frozen=True, slots=True)
+class MovedReferral:
+    """The columns of a referral that its moves' side effects read."""
+
+    id: uuid.UUID
+    member_id: uuid.UUID
+    referee_id: uuid.UUID | None
+    program_id: uuid.UUID | None
+    university_id: uuid.UUID | None
+    campaign_id: uuid.UUID | None
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One transition (or a note, when `noted`) as `transition` (or `note`) would make it."""
+
+    referral: MovedReferral
+    from_state: str
+    to_state: str
+    held: bool
+    reason: str
+    at: datetime
+    noted: bool = False
+
+
+def _row_event_base(referral: MovedReferral) -> dict[str, Any]:
+    return {
+        "referral_id": str(referral.id),
+        "referrer_id": str(referral.member_id),
+        "program_id": str(referral.program_id) if referral.program_id else None,
+        "university_id": str(referral.university_id) if referral.university_id else None,
+        "campaign_id": str(referral.campaign_id) if referral.campaign_id else None,
+    }
+
+
+_HISTORY_MANY = """
+INSERT INTO referral_events (id, referral_id, member_id, from_state, to_state, actor_type, actor_id,
+                             reason, occurred_at, created_at)
+SELECT h.id, h.referral_id, h.member_id, h.from_state, h.to_state, $1, $2, h.reason, h.at, $3
+FROM unnest(CAST($4 AS uuid[]), CAST($5 AS uuid[]), CAST($6 AS uuid[]), CAST($7 AS text[]),
+            CAST($8 AS text[]), CAST($9 AS text[]), CAST($10 AS timestamptz[]))
+    AS h(id, referral_id, member_id, from_state, to_state, reason, at)
+"""
+
+_OUTBOX_MANY = """
+INSERT INTO outbox_events (id, topic, payload)
+SELECT e.id, e.topic, CAST(e.payload AS jsonb)
+FROM unnest(CAST($1 AS uuid[]), CAST($2 AS text[]), CAST($3 AS text[])) AS e(id, topic, payload)
+"""
+
+# `rewards.service.queue._QUEUE` for many milestones at once.
+_QUEUE_MANY = """
+INSERT INTO rewards (id, referral_id, referrer_id, member_id, role, milestone, campaign_id, rule_id,
+                     program_id, status, currency, reached_at, created_at, updated_at)
+SELECT CASE WHEN r.role = 'referrer' THEN q.referrer_reward ELSE q.referee_reward END,
+       q.referral_id, q.referrer_id,
+       CASE WHEN r.role = 'referrer' THEN q.referrer_id ELSE q.referee_id END,
+       r.role, r.milestone, r.campaign_id, r.id, q.program_id, 'queued', c.currency, q.at, $1, $1
+FROM unnest(CAST($2 AS uuid[]), CAST($3 AS uuid[]), CAST($4 AS uuid[]), CAST($5 AS uuid[]),
+            CAST($6 AS uuid[]), CAST($7 AS uuid[]), CAST($8 AS text[]), CAST($9 AS timestamptz[]),
+            CAST($10 AS uuid[]))
+    AS q(referrer_reward, referee_reward, referral_id, referrer_id, referee_id, program_id, milestone,
+         at, campaign_id)
+JOIN reward_rules r ON r.campaign_id = q.campaign_id AND r.milestone = q.milestone AND r.deleted_at IS NULL
+JOIN campaigns c ON c.id = r.campaign_id
+ON CONFLICT (referral_id, milestone, role) DO NOTHING
+"""
+
+_REVERSAL_MANY = """
+UPDATE rewards SET reversal_requested_at = $2, updated_at = $2
+WHERE referral_id = ANY(CAST($1 AS uuid[])) AND milestone = 'enrolled'
+  AND status IN ('queued', 'pending', 'released') AND reversal_requested_at IS NULL
+"""
+
+
+async def write_moves(
+    session: AsyncSession,
+    moves: list[Move],
+    *,
+    actor: Actor,
+    ctx: RequestContext | None,
+    now: datetime,
+) -> None:
+    """History rows, audit rows, outbox events, milestone rewards and reversal requests of `moves`
+    (in order), for referral rows the caller has already updated."""
+    if not moves:
+        return
+    driver = (await (await session.connection()).get_raw_connection()).driver_connection
+    assert driver is not None
+    await driver.execute(
+        _HISTORY_MANY,
+        actor.type.value,
+        actor.id,
+        now,
+        [uuid7() for _ in moves],
+        [m.referral.id for m in moves],
+        [m.referral.member_id for m in moves],
+        [m.from_state for m in moves],
+        [m.to_state for m in moves],
+        [m.reason[:500] for m in moves],
+        [m.at for m in moves],
+    )
+    for m in moves:  # one audit row per move (the audit chain takes them one at a time)
+        if m.noted:
+            await audit.record(
+                session,
+                action="referrals.referral_noted",
+                actor_id=actor.id,
+                actor_type=actor.type.value,
+                target_type="referral",
+                target_id=m.referral.id,
+                after={"state": m.to_state, "reason": m.reason},
+                ctx=ctx,
+            )
+        else:
+            await audit.record(
+                session,
+                action="referrals.referral_state_changed",
+                actor_id=actor.id,
+                actor_type=actor.type.value,
+                target_type="referral",
+                target_id=m.referral.id,
+                before={"state": m.from_state},
+                after={"state": m.to_state, "reason": m.reason, "on_hold": m.held},
+                ctx=ctx,
+            )
+    changes = [m for m in moves if not m.noted]
+    if changes:
+        await driver.execute(
+            _OUTBOX_MANY,
+            [uuid7() for _ in changes],
+            [STATE_CHANGED_TOPIC] * len(changes),
+            [
+                json.dumps(
+                    {
+                        **_row_event_base(m.referral),
+                        "from_state": m.from_state,
+                        "to_state": m.to_state,
+                        "at": _iso(m.at),
+                        "reason": m.reason,
+                    }
+                )
+                for m in changes
+            ],
+        )
+    queued = [
+        m
+        for m in changes
+        if ReferralState(m.to_state) in _MILESTONES
+        and m.referral.campaign_id is not None
+        and m.referral.program_id is not None
+    ]
+    if queued:
+        await driver.execute(
+            _QUEUE_MANY,
+            now,
+            [uuid7() for _ in queued],
+            [uuid7() for _ in queued],
+            [m.referral.id for m in queued],
+            [m.referral.member_id for m in queued],
+            [m.referral.referee_id for m in queued],
+            [m.referral.program_id for m in queued],
+            [_MILESTONES[ReferralState(m.to_state)].value for m in queued],
+            [m.at for m in queued],
+            [m.referral.campaign_id for m in queued],
+        )
+    reversed_ids = [m.referral.id for m in changes if m.to_state == S.reversed.value]
+    if reversed_ids:
+        await driver.execute(_REVERSAL_MANY, reversed_ids, now)
