@@ -194,3 +194,62 @@ async def test_key_rotation_reencrypts_under_the_new_key(client, runtime, settin
         assert await rotate_keys(s, back) >= 1
     shown = await client.get(f"/v1/payout-methods/{created['id']}", headers=m.auth)
     assert shown.json()["masked"] == "HDFC ••••5678"
+
+
+async def test_an_iban_bic_must_be_well_formed_and_of_the_ibans_country(client, runtime):
+    m = await register_member(client)
+    de = {"kind": "iban", "holder_name": "Asha Rao", "iban": "DE89370400440532013000"}
+    refused = [
+        ({**de, "bic": "BNPAFRPPXXX"}, "IBAN is of an account in DE"),  # a French bank's BIC
+        ({**de, "bic": "COBAXXFF"}, "Invalid BIC"),  # no such country code
+        ({**de, "bic": "COBA1EFF"}, "Invalid BIC"),  # bank code of letters only
+        ({**de, "bic": "COBADEF"}, "at least 8"),  # too short
+        (
+            {"kind": "iban", "holder_name": "Asha Rao", "iban": "GB29NWBK60161331926819", "bic": "DEUTDEFF"},
+            "in GB",
+        ),
+    ]
+    for body, why in refused:
+        r = await client.post("/v1/payout-methods", json=body, headers={**m.auth, **key()})
+        assert r.status_code == 422, (body, r.text)
+        problem = r.json()
+        assert r.headers["content-type"] == "application/problem+json"
+        [error] = problem["errors"]
+        assert error["field"].split(".")[-1] == "bic", problem
+        assert why in error["message"], problem
+    assert await _count(runtime, m.id) == 0
+
+    accepted = [
+        {**de, "bic": "cobadeffxxx"},  # normalized to upper case
+        {**de, "iban": "DE02120300000000202051", "bic": "BYLADEM1001"},
+        {"kind": "iban", "holder_name": "Asha Rao", "iban": "GB29NWBK60161331926819", "bic": "NWBKGB2L"},
+        # Réunion's banks have RE BICs and French IBANs.
+        {
+            "kind": "iban",
+            "holder_name": "Asha Rao",
+            "iban": "FR1420041010050500013M02606",
+            "bic": "BNPARERXXXX",
+        },
+        {**de, "iban": "DE75512108001245126199"},  # no BIC: fine
+    ]
+    for body in accepted:
+        r = await client.post("/v1/payout-methods", json=body, headers={**m.auth, **key()})
+        assert r.status_code == 201, (body, r.text)
+    created = (await client.get("/v1/payout-methods", headers=m.auth)).json()["items"]
+    async with runtime.db.sessionmaker() as s:
+        row = await s.get(PayoutMethod, uuid.UUID(created[0]["id"]))
+        assert row is not None and decrypt_details(runtime, row)["bic"] == "COBADEFFXXX"
+
+
+async def test_changing_an_iban_checks_its_bic_too(client, runtime):
+    m = await register_member(client)
+    body = {"kind": "iban", "holder_name": "Asha Rao", "iban": "DE89370400440532013000", "bic": "COBADEFFXXX"}
+    created = (await client.post("/v1/payout-methods", json=body, headers={**m.auth, **key()})).json()
+    r = await client.put(
+        f"/v1/payout-methods/{created['id']}", json={**body, "iban": "GB29NWBK60161331926819"}, headers=m.auth
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"].split(".")[-1] == "bic"
+    async with runtime.db.sessionmaker() as s:
+        row = await s.get(PayoutMethod, uuid.UUID(created["id"]))
+        assert row is not None and decrypt_details(runtime, row)["iban"] == "DE89370400440532013000"

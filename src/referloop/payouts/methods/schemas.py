@@ -5,7 +5,15 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 from schwifty import BIC, IBAN
 from schwifty.exceptions import SchwiftyException
 
@@ -39,6 +47,21 @@ def _bic(value: str) -> str:
         raise ValueError(f"Invalid BIC: {exc}") from exc
 
 
+# Places with their own ISO country code (and so their own BIC country) that use another country's
+# IBAN: the French overseas departments and collectivities (FR IBANs), and the Crown Dependencies
+# (GB IBANs).
+_BIC_COUNTRIES_OF_IBAN: dict[str, frozenset[str]] = {
+    "FR": frozenset({"GF", "GP", "MQ", "RE", "YT", "PM", "BL", "MF", "NC", "PF", "WF"}),
+    "GB": frozenset({"GG", "JE", "IM"}),
+}
+
+
+def bic_matches_iban(bic: str, iban: str) -> bool:
+    """Whether the BIC's country (its 5th and 6th characters) is the IBAN's country."""
+    iban_country, bic_country = iban[:2], bic[4:6]
+    return bic_country == iban_country or bic_country in _BIC_COUNTRIES_OF_IBAN.get(iban_country, ())
+
+
 def _upi(value: str) -> str:
     value = value.lower()
     if not _UPI.match(value):
@@ -69,6 +92,17 @@ class IbanBankAccount(StrictModel):
     iban: IBANStr
     bic: BICStr | None = None
     label: Label | None = None
+
+    @field_validator("bic")
+    @classmethod
+    def _bic_in_iban_country(cls, bic: str | None, info: ValidationInfo) -> str | None:
+        iban = info.data.get("iban")  # absent when the IBAN itself was refused
+        if bic is not None and iban and not bic_matches_iban(bic, iban):
+            raise ValueError(
+                f"The BIC {bic} is of a bank in {bic[4:6]}, but the IBAN is of an account in {iban[:2]}: "
+                "give the BIC of the bank that holds this IBAN."
+            )
+        return bic
 
 
 class UpiMethod(StrictModel):
