@@ -288,6 +288,12 @@ class Settings(BaseSettings):
     """Transfer then pay out from the connected account (true), or only transfer (false)."""
     stripe_payout_method: str = Field(default="standard", pattern="^(standard|instant)$")
     """Stripe payout method: standard or instant."""
+    # Where Stripe's onboarding sends a member back (return) or when its link expired or was used
+    # (refresh: the app asks `POST /v1/payout-methods/{id}/onboarding-link` for a fresh one).
+    stripe_onboarding_return_url: str = ""
+    """Where Stripe sends a member after Connect onboarding; empty: Stripe accounts cannot be added."""
+    stripe_onboarding_refresh_url: str = ""
+    """Where Stripe sends a member whose onboarding link expired; empty: Stripe accounts cannot be added."""
 
     # Withdrawals: the default policy, and per-currency ones (`{"USD": {...}}`) that replace it.
     withdrawal_policy: WithdrawalPolicy = Field(default_factory=WithdrawalPolicy)

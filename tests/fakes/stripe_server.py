@@ -1,5 +1,6 @@
-"""A local Stripe (Connect transfers and payouts) that answers as Stripe's docs and stripe-python say
-(shared/PROVIDERS.md part 1, B).
+"""A local Stripe (Connect transfers and payouts, Express accounts and their onboarding links) that
+answers as Stripe's docs and stripe-python say (shared/PROVIDERS.md part 1, B; docs.stripe.com
+/api/accounts, /api/account_links, /connect/express-accounts).
 
 Documented behaviour it reproduces:
 - `Authorization: Bearer sk_…`; form-encoded bodies with `metadata[k]=v`; `Stripe-Account` acts on
@@ -13,8 +14,17 @@ Documented behaviour it reproduces:
 - 429 for rate limits (and the legacy 400 with code rate_limit).
 - Webhooks: event objects with `account` for Connect events, `Stripe-Signature: t=…,v1=…` (plus the
   test-mode `v0=`), connected-account events signed with the Connect endpoint's secret.
-Wording no source confirmed (the 409 and 429 types and messages, some validation messages) follows
-Stripe's style.
+- Connect Express: `POST /v1/accounts` (type, country, email, `capabilities[transfers][requested]`,
+  metadata) makes an account object (`object: "account"`, `type: "express"`, `details_submitted`,
+  `charges_enabled` and `payouts_enabled` false, the requested capabilities `inactive`,
+  `requirements.currently_due`, `controller`); `GET /v1/accounts/{id}`; `POST /v1/account_links`
+  (account, type, refresh_url, return_url) answers `{"object": "account_link", "created",
+  "expires_at", "url"}`, single-use and valid 300 s. A transfer to an account whose transfers
+  capability is not active is refused (`insufficient_capabilities_for_transfer`). Onboarding itself
+  happens on Stripe's pages: tests play the member's part with `complete_onboarding`, and Stripe
+  reports the result in `account.updated` (with `data.previous_attributes`).
+Wording no source confirmed (the 409 and 429 types and messages, some validation messages, the
+account-link errors, which country codes are refused) follows Stripe's style.
 """
 
 from __future__ import annotations
@@ -118,15 +128,106 @@ def currency(params: dict[str, Any]) -> str:
 
 
 def parse_form(raw: bytes) -> dict[str, Any]:
-    """`a=1&metadata[k]=v` → {"a": "1", "metadata": {"k": "v"}} (one level of nesting is all we use)."""
+    """`a=1&metadata[k]=v&capabilities[transfers][requested]=true` → {"a": "1", "metadata": {"k":
+    "v"}, "capabilities": {"transfers": {"requested": "true"}}} (Stripe's nested form encoding)."""
     params: dict[str, Any] = {}
     for key, value in parse_qsl(raw.decode(), keep_blank_values=True):
-        if "[" in key and key.endswith("]"):
-            outer, inner = key[:-1].split("[", 1)
-            params.setdefault(outer, {})[inner] = value
-        else:
-            params[key] = value
+        head, _, rest = key.partition("[")
+        names = [head] + (rest[:-1].split("][") if rest.endswith("]") else [])
+        node = params
+        for name in names[:-1]:
+            child = node.setdefault(name, {})
+            if not isinstance(child, dict):
+                raise Invalid(stripe_error(400, f"Invalid object: {key}", param=head))
+            node = child
+        node[names[-1]] = value
     return params
+
+
+def boolean(value: Any, param: str) -> bool:
+    if value in ("true", "false"):
+        return bool(value == "true")
+    raise Invalid(stripe_error(400, f"Invalid boolean: {value}", param=param))
+
+
+def check_metadata(params: dict[str, Any]) -> dict[str, str]:
+    metadata = params.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise Invalid(stripe_error(400, "Invalid object", param="metadata"))
+    if len(metadata) > 50:
+        raise Invalid(stripe_error(400, "You can have at most 50 keys in metadata.", param="metadata"))
+    for k, v in metadata.items():
+        if len(k) > 40:
+            raise Invalid(
+                stripe_error(400, f"Metadata keys can be at most 40 characters: {k}", param=f"metadata[{k}]")
+            )
+        if len(str(v)) > 500:
+            raise Invalid(
+                stripe_error(400, "Metadata values can be at most 500 characters.", param=f"metadata[{k}]")
+            )
+    return {str(k): str(v) for k, v in metadata.items()}
+
+
+# Countries Express accounts can be created in (docs.stripe.com/connect/express-accounts lists the
+# platforms' countries; accounts may be in a few more). Anything else is answered as Stripe answers
+# a code it does not know.
+EXPRESS_COUNTRIES = frozenset(
+    [
+        "AT",
+        "AU",
+        "BE",
+        "BG",
+        "BR",
+        "CA",
+        "CH",
+        "CY",
+        "CZ",
+        "DE",
+        "DK",
+        "EE",
+        "ES",
+        "FI",
+        "FR",
+        "GB",
+        "GI",
+        "GR",
+        "HK",
+        "HR",
+        "HU",
+        "IE",
+        "IT",
+        "JP",
+        "LI",
+        "LT",
+        "LU",
+        "LV",
+        "MT",
+        "MX",
+        "NL",
+        "NO",
+        "NZ",
+        "PL",
+        "PT",
+        "RO",
+        "SE",
+        "SG",
+        "SI",
+        "SK",
+        "TH",
+        "US",
+    ]
+)
+DEFAULT_CURRENCY = {"US": "usd", "GB": "gbp", "CA": "cad", "AU": "aud", "JP": "jpy", "CH": "chf"}
+CAPABILITIES = frozenset({"transfers", "card_payments", "tax_reporting_us_1099_k", "legacy_payments"})
+ONBOARDING_FIELDS = [
+    "business_profile.mcc",
+    "business_profile.url",
+    "business_type",
+    "external_account",
+    "tos_acceptance.date",
+    "tos_acceptance.ip",
+]
+LINK_SECONDS = 300
 
 
 @dataclass
@@ -134,6 +235,8 @@ class Account:
     id: str
     balance: dict[str, int] = field(default_factory=dict)
     external_accounts: list[str] = field(default_factory=list)
+    obj: dict[str, Any] | None = None  # the account object, for accounts made with POST /v1/accounts
+    reported: dict[str, Any] | None = None  # the object as the last account.updated showed it
 
 
 @dataclass
@@ -162,6 +265,7 @@ class FakeStripe(FakeBase):
         self.transfers: dict[str, dict[str, Any]] = {}
         self.payouts: dict[str, dict[str, Any]] = {}
         self.payout_account: dict[str, str] = {}
+        self.account_links: dict[str, dict[str, Any]] = {}  # url -> account, expires_at, used
         self._keys: dict[tuple[str, str], Stored] = {}
         self.app = Starlette(
             routes=[
@@ -173,6 +277,9 @@ class FakeStripe(FakeBase):
                 Route("/v1/payouts", self._wrap(self._list_payouts), methods=["GET"]),
                 Route("/v1/payouts/{id}", self._wrap(self._get_payout), methods=["GET"]),
                 Route("/v1/payouts/{id}/cancel", self._wrap(self._cancel_payout), methods=["POST"]),
+                Route("/v1/accounts", self._wrap(self._create_account), methods=["POST"]),
+                Route("/v1/accounts/{id}", self._wrap(self._get_account), methods=["GET"]),
+                Route("/v1/account_links", self._wrap(self._create_account_link), methods=["POST"]),
             ]
         )
 
@@ -260,7 +367,10 @@ class FakeStripe(FakeBase):
             return (*result, extra)
         if fault := self.faults.take("error_before", method, path):
             return (*stripe_error(fault.status, "An unknown error occurred", type_="api_error"), {})
-        params = parse_form(raw) if method == "POST" else dict(request.query_params)
+        try:
+            params = parse_form(raw) if method == "POST" else dict(request.query_params)
+        except Invalid as exc:
+            return (*exc.result, {})
         key = headers.get("idempotency-key")
         if method != "POST" or key is None:
             status, body = await self._run(request, handler, params, scope)
@@ -370,6 +480,15 @@ class FakeStripe(FakeBase):
                         code="resource_missing",
                         param="destination",
                     )
+                )
+            made = self.accounts[destination].obj
+            if made is not None and made["capabilities"].get("transfers") != "active":
+                return stripe_error(
+                    400,
+                    "Your destination account needs to have at least one of the following capabilities "
+                    "enabled: transfers, crypto_transfers, legacy_payments",
+                    code="insufficient_capabilities_for_transfer",
+                    param="destination",
                 )
             if self.balance_of(None, code) < amount:
                 # Execution started: Stripe stores this answer under the key.
@@ -610,11 +729,299 @@ class FakeStripe(FakeBase):
             self._add(self.payout_account[payout["id"]], payout["currency"], payout["amount"])
         payout["status"] = status
 
+    # -- Connect Express accounts and onboarding ---------------------------------------------------
+    async def _create_account(self, request: Request, params: dict[str, Any], scope: str) -> Result:
+        if scope != PLATFORM:
+            raise Invalid(
+                stripe_error(
+                    400, "Connected accounts cannot create other accounts.", type_="invalid_request_error"
+                )
+            )
+        account_type = params.get("type")
+        if account_type is None:
+            raise missing("type")
+        if account_type not in {"standard", "express", "custom"}:
+            raise Invalid(
+                stripe_error(
+                    400,
+                    f"Invalid type: must be one of custom, express, or standard: {account_type}",
+                    param="type",
+                )
+            )
+        country = str(params.get("country") or "US")
+        if country not in EXPRESS_COUNTRIES:
+            raise Invalid(
+                stripe_error(
+                    400,
+                    f"Country '{country}' is unknown. Try using a 2-character alphanumeric country code instead, "
+                    "such as 'US', 'EG', or 'GB'. A full list of country codes is available at "
+                    "https://stripe.com/global",
+                    param="country",
+                )
+            )
+        email = params.get("email")
+        if email is not None and ("@" not in email or len(email) > 800):
+            raise Invalid(
+                stripe_error(400, f"Invalid email address: {email}", code="email_invalid", param="email")
+            )
+        requested = params.get("capabilities") or {}
+        if not isinstance(requested, dict):
+            raise Invalid(stripe_error(400, "Invalid object", param="capabilities"))
+        capabilities: dict[str, str] = {}
+        for name, settings in requested.items():
+            if name not in CAPABILITIES:
+                raise Invalid(
+                    stripe_error(
+                        400,
+                        f"Received unknown parameter: capabilities[{name}]",
+                        param=f"capabilities[{name}]",
+                    )
+                )
+            if not isinstance(settings, dict) or "requested" not in settings:
+                raise missing(f"capabilities[{name}][requested]")
+            if boolean(settings["requested"], f"capabilities[{name}][requested]"):
+                capabilities[name] = "inactive"  # until Stripe has what it needs and has verified it
+        if account_type == "custom" and not capabilities:
+            raise missing("capabilities")
+        metadata = check_metadata(params)
+        account_id = random_id("acct_", 16)
+        obj: dict[str, Any] = {
+            "id": account_id,
+            "object": "account",
+            "business_profile": {
+                "annual_revenue": None,
+                "estimated_worker_count": None,
+                "mcc": None,
+                "name": None,
+                "product_description": None,
+                "support_address": None,
+                "support_email": None,
+                "support_phone": None,
+                "support_url": None,
+                "url": None,
+            },
+            "business_type": None,
+            "capabilities": capabilities,
+            "charges_enabled": False,
+            "controller": {
+                "fees": {"payer": "application_express" if account_type == "express" else "application"},
+                "is_controller": True,
+                "losses": {"payments": "application"},
+                "requirement_collection": "stripe" if account_type != "custom" else "application",
+                "stripe_dashboard": {"type": account_type if account_type != "custom" else "none"},
+                "type": "application",
+            },
+            "country": country,
+            "created": int(time.time()),
+            "default_currency": DEFAULT_CURRENCY.get(country, "eur"),
+            "details_submitted": False,
+            "email": email,
+            "external_accounts": {
+                "object": "list",
+                "data": [],
+                "has_more": False,
+                "total_count": 0,
+                "url": f"/v1/accounts/{account_id}/external_accounts",
+            },
+            "future_requirements": {
+                "alternatives": [],
+                "current_deadline": None,
+                "currently_due": [],
+                "disabled_reason": None,
+                "errors": [],
+                "eventually_due": [],
+                "past_due": [],
+                "pending_verification": [],
+            },
+            "login_links": {
+                "object": "list",
+                "data": [],
+                "has_more": False,
+                "total_count": 0,
+                "url": f"/v1/accounts/{account_id}/login_links",
+            },
+            "metadata": metadata,
+            "payouts_enabled": False,
+            "requirements": {
+                "alternatives": [],
+                "current_deadline": None,
+                "currently_due": list(ONBOARDING_FIELDS),
+                "disabled_reason": "requirements.past_due",
+                "errors": [],
+                "eventually_due": list(ONBOARDING_FIELDS),
+                "past_due": list(ONBOARDING_FIELDS),
+                "pending_verification": [],
+            },
+            "settings": {
+                "payouts": {
+                    "debit_negative_balances": True,
+                    "schedule": {"delay_days": 2, "interval": "daily"},
+                    "statement_descriptor": None,
+                }
+            },
+            "tos_acceptance": {"date": None, "ip": None, "user_agent": None},
+            "type": account_type,
+        }
+        with self.lock:
+            self.accounts[account_id] = Account(
+                account_id, {}, [], obj=obj, reported=json.loads(json.dumps(obj))
+            )
+            return 200, json.loads(json.dumps(obj))
+
+    def _account_in_scope(self, account_id: str, scope: str) -> dict[str, Any]:
+        account = self.accounts.get(account_id)
+        if account is None or account.obj is None or scope not in (PLATFORM, account_id):
+            raise Invalid(
+                stripe_error(
+                    404, f"No such account: '{account_id}'", code="resource_missing", param="account"
+                )
+            )
+        return account.obj
+
+    async def _get_account(self, request: Request, params: dict[str, Any], scope: str) -> Result:
+        with self.lock:
+            return 200, json.loads(json.dumps(self._account_in_scope(request.path_params["id"], scope)))
+
+    async def _create_account_link(self, request: Request, params: dict[str, Any], scope: str) -> Result:
+        account_id = params.get("account")
+        if not account_id:
+            raise missing("account")
+        link_type = params.get("type")
+        if not link_type:
+            raise missing("type")
+        if link_type not in {"account_onboarding", "account_update"}:
+            raise Invalid(
+                stripe_error(
+                    400,
+                    f"Invalid type: must be one of account_onboarding or account_update: {link_type}",
+                    param="type",
+                )
+            )
+        for name in ("refresh_url", "return_url"):
+            url = params.get(name)
+            if url is not None and not (url.startswith("https://") or url.startswith("http://")):
+                raise Invalid(stripe_error(400, f"Not a valid URL: {url}", code="url_invalid", param=name))
+        with self.lock:
+            account = self.accounts.get(account_id)
+            if account is None or account.obj is None:
+                raise Invalid(
+                    stripe_error(
+                        400, f"No such account: '{account_id}'", code="resource_missing", param="account"
+                    )
+                )
+            if (
+                link_type == "account_update"
+                and account.obj["controller"]["requirement_collection"] == "stripe"
+            ):
+                raise Invalid(
+                    stripe_error(
+                        400,
+                        "You cannot create `account_update` type Account Links for accounts that have access to a "
+                        "Stripe-hosted Dashboard.",
+                        param="type",
+                    )
+                )
+            created = int(time.time())
+            letter = {"express": "e", "standard": "s"}.get(account.obj["type"], "c")
+            url = f"https://connect.stripe.com/setup/{letter}/{account_id}/{random_id('', 12)}"
+            link = {
+                "object": "account_link",
+                "created": created,
+                "expires_at": created + LINK_SECONDS,
+                "url": url,
+            }
+            self.account_links[url] = {
+                "account": account_id,
+                "expires_at": created + LINK_SECONDS,
+                "used": False,
+                "refresh_url": params.get("refresh_url"),
+                "return_url": params.get("return_url"),
+            }
+            return 200, dict(link)
+
+    def complete_onboarding(self, account_id: str, *, verified: bool = True) -> dict[str, Any]:
+        """The member fills in Stripe's onboarding pages (identity, bank account, terms). With
+        `verified`, Stripe has checked it all: the transfers capability is active and payouts are
+        enabled; without, the details are in and Stripe is still verifying them."""
+        with self.lock:
+            account = self.accounts[account_id]
+            obj = account.obj
+            assert obj is not None, "only accounts made with POST /v1/accounts are onboarded"
+            if not account.external_accounts:
+                bank = random_id("ba_", 24)
+                account.external_accounts.append(bank)
+                obj["external_accounts"]["data"] = [
+                    {
+                        "id": bank,
+                        "object": "bank_account",
+                        "account": account_id,
+                        "bank_name": "STRIPE TEST BANK",
+                        "country": obj["country"],
+                        "currency": obj["default_currency"],
+                        "default_for_currency": True,
+                        "last4": "6789",
+                        "status": "new",
+                    }
+                ]
+                obj["external_accounts"]["total_count"] = 1
+            obj["details_submitted"] = True
+            obj["business_type"] = "individual"
+            obj["tos_acceptance"] = {"date": int(time.time()), "ip": "203.0.113.7", "user_agent": None}
+            pending = [] if verified else ["individual.verification.document"]
+            obj["requirements"].update(
+                currently_due=[],
+                eventually_due=[],
+                past_due=[],
+                pending_verification=pending,
+                disabled_reason=None if verified else "requirements.pending_verification",
+            )
+            for name in obj["capabilities"]:
+                obj["capabilities"][name] = "active" if verified else "pending"
+            obj["payouts_enabled"] = verified
+            obj["charges_enabled"] = verified and "card_payments" in obj["capabilities"]
+            for link in self.account_links.values():
+                if link["account"] == account_id:
+                    link["used"] = True
+            return json.loads(json.dumps(obj))
+
+    def restrict(self, account_id: str, reason: str = "requirements.past_due") -> dict[str, Any]:
+        """Stripe needs more from the member (a deadline passed): payouts and transfers stop."""
+        with self.lock:
+            obj = self.accounts[account_id].obj
+            assert obj is not None
+            obj["requirements"].update(
+                currently_due=["individual.id_number"],
+                past_due=["individual.id_number"],
+                disabled_reason=reason,
+            )
+            for name in obj["capabilities"]:
+                obj["capabilities"][name] = "inactive"
+            obj["payouts_enabled"] = False
+            obj["charges_enabled"] = False
+            return json.loads(json.dumps(obj))
+
+    def _account_event(self, account_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The account as it is now, and `previous_attributes`: the top-level fields that changed
+        since the last `account.updated` with their values then."""
+        account = self.accounts[account_id]
+        assert account.obj is not None
+        obj = json.loads(json.dumps(account.obj))
+        before = account.reported or {}
+        previous = {k: before.get(k) for k, v in obj.items() if before.get(k) != v}
+        account.reported = json.loads(json.dumps(obj))
+        return obj, previous
+
     # -- webhooks ---------------------------------------------------------------------------------
     def event(self, object_id: str, event_type: str | None = None) -> dict[str, Any]:
-        """The event Stripe would send about this payout or transfer as it is now."""
+        """The event Stripe would send about this payout, transfer or connected account as it is now
+        (for an account: `account.updated`, sent to the Connect endpoint)."""
+        previous: dict[str, Any] | None = None
         with self.lock:
-            if object_id.startswith("po_"):
+            if object_id.startswith("acct_"):
+                obj, previous = self._account_event(object_id)
+                account = object_id
+                event_type = event_type or "account.updated"
+            elif object_id.startswith("po_"):
                 obj = json.loads(json.dumps(self.payouts[object_id]))
                 account = self.payout_account[object_id]
                 event_type = event_type or EVENT_FOR_STATUS[obj["status"]]
@@ -627,7 +1034,7 @@ class FakeStripe(FakeBase):
             "object": "event",
             "api_version": "2025-03-31.basil",
             "created": int(time.time()),
-            "data": {"object": obj},
+            "data": {"object": obj} if previous is None else {"object": obj, "previous_attributes": previous},
             "livemode": False,
             "pending_webhooks": 1,
             "request": {"id": None, "idempotency_key": None},

@@ -16,7 +16,15 @@ from referloop.core.idempotency import (
 )
 from referloop.identity.deps import CurrentMember
 from referloop.payouts.methods import service
-from referloop.payouts.methods.schemas import PayoutMethodIn, PayoutMethodList, PayoutMethodOut
+from referloop.payouts.methods.schemas import (
+    DetailsIn,
+    OnboardingLinkOut,
+    PayoutMethodAdded,
+    PayoutMethodIn,
+    PayoutMethodList,
+    PayoutMethodOut,
+    StripeAccountMethod,
+)
 
 router = APIRouter(prefix="/v1/payout-methods", tags=["payout methods"], responses=problem_responses(401))
 
@@ -40,7 +48,19 @@ _EXAMPLES = {
     "upi": {"value": {"kind": "upi", "upi_id": "asha.rao@okhdfc"}},
     "paypal": {"value": {"kind": "paypal", "email": "asha@example.com"}},
 }
-MethodBody = Annotated[PayoutMethodIn, Body(openapi_examples=_EXAMPLES)]
+MethodBody = Annotated[
+    PayoutMethodIn,
+    Body(
+        openapi_examples={
+            **_EXAMPLES,
+            "stripe_account": {
+                "summary": "Stripe Connect (when payouts go through Stripe)",
+                "value": {"kind": "stripe_account", "country": "US"},
+            },
+        }
+    ),
+]
+DetailsBody = Annotated[DetailsIn, Body(openapi_examples=_EXAMPLES)]
 
 
 @router.get("", response_model=PayoutMethodList)
@@ -53,8 +73,8 @@ async def list_methods(principal: CurrentMember, session: ReadSession) -> Payout
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    response_model=PayoutMethodOut,
-    responses=problem_responses(409, 422),
+    response_model=PayoutMethodAdded,
+    responses=problem_responses(409, 422, 503),
 )
 async def add_method(
     body: MethodBody,
@@ -66,11 +86,24 @@ async def add_method(
     idempotency_key: Annotated[str, Depends(idempotency_key_header)],
 ) -> JSONResponse:
     """Add a bank account (account number + IFSC, or IBAN + BIC), a UPI id or a PayPal email. It can
-    receive payouts 24 hours after it is added (a stolen session cannot redirect money at once)."""
+    receive payouts 24 hours after it is added (a stolen session cannot redirect money at once).
 
-    async def handler() -> tuple[int, PayoutMethodOut]:
+    When payouts go through Stripe, add a Stripe account instead (`kind: stripe_account` and your
+    country): we create a Stripe Express account for you and answer with an `onboarding_url`, where
+    Stripe asks for your identity and bank account. The method is `pending_onboarding` until Stripe
+    tells us the account can be paid; the 24-hour cool-down runs from then."""
+
+    async def handler() -> tuple[int, PayoutMethodAdded]:
+        if isinstance(body, StripeAccountMethod):
+            method, link = await service.add_stripe_account(
+                session, rt, principal.user_id, body, idempotency_key, ctx
+            )
+            added = PayoutMethodAdded.model_validate(method)
+            return 201, added.model_copy(
+                update={"onboarding_url": link.url, "onboarding_url_expires_at": link.expires_at}
+            )
         method = await service.add_method(session, rt, principal.user_id, body, ctx)
-        return 201, PayoutMethodOut.model_validate(method)
+        return 201, PayoutMethodAdded.model_validate(method)
 
     return await run_idempotent(
         session,
@@ -83,13 +116,29 @@ async def add_method(
 
 @router.get("/{method_id}", response_model=PayoutMethodOut, responses=problem_responses(404))
 async def get_method(method_id: uuid.UUID, principal: CurrentMember, session: ReadSession) -> PayoutMethodOut:
-    return PayoutMethodOut.model_validate(await service.get_method(session, principal.user_id, method_id))
+    return PayoutMethodOut.model_validate(await service.show_method(session, principal.user_id, method_id))
+
+
+@router.post(
+    "/{method_id}/onboarding-link",
+    response_model=OnboardingLinkOut,
+    responses=problem_responses(404, 409, 422, 503),
+)
+async def onboarding_link(
+    method_id: uuid.UUID, principal: CurrentMember, session: ReadSession, rt: RuntimeDep
+) -> OnboardingLinkOut:
+    """A fresh link to Stripe's onboarding for one of your Stripe accounts: links work once and
+    expire within minutes, so ask for one each time you open it (also to give Stripe what it asks
+    for when your account is `restricted`). It creates nothing of ours, so it takes no
+    Idempotency-Key."""
+    link = await service.new_onboarding_link(session, rt, principal.user_id, method_id)
+    return OnboardingLinkOut(payout_method_id=method_id, onboarding_url=link.url, expires_at=link.expires_at)
 
 
 @router.put("/{method_id}", response_model=PayoutMethodOut, responses=problem_responses(404, 409, 422))
 async def replace_method(
     method_id: uuid.UUID,
-    body: MethodBody,
+    body: DetailsBody,
     principal: CurrentMember,
     session: WriteSession,
     rt: RuntimeDep,

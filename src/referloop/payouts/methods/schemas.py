@@ -62,6 +62,14 @@ def bic_matches_iban(bic: str, iban: str) -> bool:
     return bic_country == iban_country or bic_country in _BIC_COUNTRIES_OF_IBAN.get(iban_country, ())
 
 
+def _country(value: str) -> str:
+    # Stripe refuses the codes it does not know or onboard (its message is passed on).
+    value = value.upper()
+    if not (len(value) == 2 and value.isascii() and value.isalpha()):
+        raise ValueError("Give the country as its ISO 3166-1 alpha-2 code, for example US or GB.")
+    return value
+
+
 def _upi(value: str) -> str:
     value = value.lower()
     if not _UPI.match(value):
@@ -76,6 +84,7 @@ UpiId = Annotated[str, StringConstraints(min_length=3, max_length=320), AfterVal
 AccountNumber = Annotated[str, StringConstraints(pattern=r"^[0-9]{9,18}$")]
 HolderName = Annotated[str, StringConstraints(min_length=2, max_length=120)]
 Label = Annotated[str, StringConstraints(min_length=1, max_length=60)]
+CountryCode = Annotated[str, StringConstraints(min_length=2, max_length=2), AfterValidator(_country)]
 
 
 class IndianBankAccount(StrictModel):
@@ -117,7 +126,21 @@ class PaypalMethod(StrictModel):
     label: Label | None = None
 
 
+class StripeAccountMethod(StrictModel):
+    """A Stripe Connect Express account that we create for the member; Stripe onboards them (identity
+    and bank account) on its own pages, at the `onboarding_url` of the answer."""
+
+    kind: Literal["stripe_account"] = "stripe_account"
+    country: CountryCode = Field(description="Where the member lives (ISO 3166-1 alpha-2), e.g. US.")
+    label: Label | None = None
+
+
 PayoutMethodIn = Annotated[
+    IndianBankAccount | IbanBankAccount | UpiMethod | PaypalMethod | StripeAccountMethod,
+    Field(discriminator="kind"),
+]
+# What a method can be changed into with PUT: a connected account is never typed in, it is made.
+DetailsIn = Annotated[
     IndianBankAccount | IbanBankAccount | UpiMethod | PaypalMethod, Field(discriminator="kind")
 ]
 
@@ -126,13 +149,34 @@ class PayoutMethodOut(BaseModel):
     id: uuid.UUID
     kind: str
     label: str | None
-    masked: str = Field(description="The account shown safely, e.g. ••••1234")
+    masked: str = Field(description="The account shown safely, e.g. ••••1234 or acct_••••1234")
+    status: Literal["active", "pending_onboarding", "restricted"] = Field(
+        description="`active`: can receive payouts (after `usable_from`). A Stripe account is "
+        "`pending_onboarding` until Stripe has what it needs to pay it, and `restricted` when Stripe "
+        "needs more; get a fresh link at `POST /v1/payout-methods/{id}/onboarding-link`."
+    )
     usable_from: datetime = Field(
-        description="Payouts to this method are allowed from this time (24 h cool-down)."
+        description="Payouts to this method are allowed from this time (24 h cool-down after it is "
+        "added or changed; for a Stripe account, after Stripe activates it)."
     )
     created_at: datetime
 
     model_config = ConfigDict(from_attributes=True)
+
+
+class PayoutMethodAdded(PayoutMethodOut):
+    onboarding_url: str | None = Field(
+        default=None,
+        description="For a Stripe account: open it to finish onboarding on Stripe's pages. It works "
+        "once and expires within minutes; ask for another at `POST .../onboarding-link`.",
+    )
+    onboarding_url_expires_at: datetime | None = None
+
+
+class OnboardingLinkOut(BaseModel):
+    payout_method_id: uuid.UUID
+    onboarding_url: str = Field(description="Stripe's onboarding page; it works once.")
+    expires_at: datetime
 
 
 class PayoutMethodList(BaseModel):

@@ -1,30 +1,45 @@
-"""Adding, changing, listing and removing payout methods; decrypting them for a payout; key rotation."""
+"""Adding, changing, listing and removing payout methods; decrypting them for a payout; key rotation;
+onboarding members to Stripe Connect (an Express account that Stripe activates when it can be paid)."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
+import structlog
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.compliance import audit
+from referloop.config import PayoutProviderName
 from referloop.core.context import RequestContext
 from referloop.core.db import utcnow
-from referloop.core.errors import Conflict, NotFound
+from referloop.core.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from referloop.core.ids import uuid7
-from referloop.payouts.methods.models import PayoutMethod
+from referloop.identity.service.accounts import get_user
+from referloop.payouts.methods.models import PayoutMethod, PayoutMethodStatus
 from referloop.payouts.methods.schemas import (
+    DetailsIn,
     IbanBankAccount,
     IndianBankAccount,
     PayoutMethodIn,
     PaypalMethod,
+    StripeAccountMethod,
     UpiMethod,
 )
+from referloop.payouts.providers.errors import (
+    PermanentProviderError,
+    ProviderAuthenticationFailed,
+    RetryableProviderError,
+)
+from referloop.payouts.providers.stripe import AccountLink, ConnectedAccount, StripeConnectProvider
 from referloop.runtime import Runtime
+
+log = structlog.get_logger(__name__)
 
 COOL_DOWN = timedelta(hours=24)
 MAX_METHODS_PER_MEMBER = 10
@@ -42,31 +57,89 @@ class TooManyPayoutMethods(Conflict):
     title = "Too many payout methods"
 
 
+class PayoutMethodNotActive(Conflict):
+    code = "payout_method_not_active"
+    title = "Payout method not active yet"
+
+
+class StripeConnectNotUsed(InvalidInput):
+    code = "stripe_connect_not_used"
+    title = "Payouts do not go through Stripe"
+
+
+class NotAStripeAccount(Conflict):
+    code = "not_a_stripe_account"
+    title = "Not a Stripe account"
+
+
+class StripeRefusedAccount(InvalidInput):
+    code = "stripe_refused_account"
+    title = "Stripe refused the account"
+
+
+class StripeOnboardingUnavailable(ServiceUnavailable):
+    code = "stripe_onboarding_unavailable"
+    title = "Stripe onboarding unavailable"
+
+
+STRIPE_KIND = "stripe_account"
+
+
 def _mask_tail(value: str, keep: int = 4) -> str:
     return "••••" + value[-keep:]
 
 
+def _identity_of(details: dict[str, Any]) -> str:
+    """The normalized identity of a method's (normalized) details, for its fingerprint. Read from
+    the stored details as they are, so that key rotation never re-validates rows that older rules
+    admitted."""
+    kind = details["kind"]
+    if kind == "bank_account":
+        return f"in:{details['ifsc']}:{details['account_number']}"
+    if kind == "iban":
+        return f"iban:{details['iban']}"
+    if kind == "upi":
+        return f"upi:{details['upi_id']}"
+    if kind == "paypal":
+        return f"paypal:{details['email']}"
+    assert kind == STRIPE_KIND, kind
+    return f"{STRIPE_KIND}:{details['account_id']}"
+
+
 def _describe(data: PayoutMethodIn) -> tuple[dict[str, Any], str, str]:
     """(details to encrypt, masked form, normalized identity for the fingerprint)."""
+    assert not isinstance(data, StripeAccountMethod), "a connected account is made, see add_stripe_account"
     details = data.model_dump(exclude={"label"})
     if isinstance(data, IndianBankAccount):
-        return (
-            details,
-            f"{data.ifsc[:4]} {_mask_tail(data.account_number)}",
-            f"in:{data.ifsc}:{data.account_number}",
-        )
-    if isinstance(data, IbanBankAccount):
-        return details, f"{data.iban[:2]} {_mask_tail(data.iban)}", f"iban:{data.iban}"
-    if isinstance(data, UpiMethod):
+        masked = f"{data.ifsc[:4]} {_mask_tail(data.account_number)}"
+    elif isinstance(data, IbanBankAccount):
+        masked = f"{data.iban[:2]} {_mask_tail(data.iban)}"
+    elif isinstance(data, UpiMethod):
         name, _, bank = data.upi_id.partition("@")
-        return details, f"{name[:2]}••••@{bank}", f"upi:{data.upi_id}"
-    assert isinstance(data, PaypalMethod)
-    local, _, domain = data.email.partition("@")
-    return details, f"{local[:2]}••••@{domain}", f"paypal:{data.email}"
+        masked = f"{name[:2]}••••@{bank}"
+    else:
+        assert isinstance(data, PaypalMethod)
+        local, _, domain = data.email.partition("@")
+        masked = f"{local[:2]}••••@{domain}"
+    return details, masked, _identity_of(details)
+
+
+def _stripe_masked(account_id: str) -> str:
+    return f"{account_id[:5]}••••{account_id[-4:]}"
+
+
+def _fingerprint(rt: Runtime, member_id: uuid.UUID, identity: str) -> bytes:
+    return rt.cipher.blind_index(f"{member_id}:{identity}", context=_INDEX_CONTEXT)
 
 
 def _public(method: PayoutMethod) -> dict[str, Any]:
-    return {"id": str(method.id), "kind": method.kind, "masked": method.masked, "label": method.label}
+    return {
+        "id": str(method.id),
+        "kind": method.kind,
+        "masked": method.masked,
+        "label": method.label,
+        "status": method.status,
+    }
 
 
 async def _owned(
@@ -81,15 +154,23 @@ async def _owned(
     return method
 
 
-def _apply(rt: Runtime, method: PayoutMethod, data: PayoutMethodIn) -> None:
-    details, masked, identity = _describe(data)
-    method.kind = data.kind
-    method.label = data.label
+def _store(
+    rt: Runtime, method: PayoutMethod, kind: str, details: dict[str, Any], masked: str, identity: str
+) -> None:
+    method.kind = kind
     method.details_encrypted = rt.cipher.encrypt(orjson.dumps(details).decode(), context=_DETAILS_CONTEXT)
     method.key_id = rt.cipher.primary_kid
     method.masked = masked
-    method.fingerprint = rt.cipher.blind_index(f"{method.member_id}:{identity}", context=_INDEX_CONTEXT)
+    method.fingerprint = _fingerprint(rt, method.member_id, identity)
     method.usable_from = utcnow() + COOL_DOWN
+
+
+def _apply(rt: Runtime, method: PayoutMethod, data: PayoutMethodIn) -> None:
+    details, masked, identity = _describe(data)
+    _store(rt, method, data.kind, details, masked, identity)
+    method.label = data.label
+    method.status = PayoutMethodStatus.active.value
+    method.status_reported_at = None
 
 
 async def _flush_unique(session: AsyncSession) -> None:
@@ -100,18 +181,30 @@ async def _flush_unique(session: AsyncSession) -> None:
         raise DuplicatePayoutMethod("You have already added this payout method.") from exc
 
 
-async def add_method(
-    session: AsyncSession, rt: Runtime, member_id: uuid.UUID, data: PayoutMethodIn, ctx: RequestContext
-) -> PayoutMethod:
+async def _check_room(session: AsyncSession, member_id: uuid.UUID) -> None:
     count = await session.scalar(
         select(func.count()).where(PayoutMethod.member_id == member_id, PayoutMethod.deleted_at.is_(None))
     )
     if (count or 0) >= MAX_METHODS_PER_MEMBER:
         raise TooManyPayoutMethods(f"Remove a method first: at most {MAX_METHODS_PER_MEMBER} are allowed.")
+
+
+async def add_method(
+    session: AsyncSession, rt: Runtime, member_id: uuid.UUID, data: PayoutMethodIn, ctx: RequestContext
+) -> PayoutMethod:
+    """A bank account, IBAN, UPI id or PayPal email (a Stripe account: `add_stripe_account`)."""
+    await _check_room(session, member_id)
     method = PayoutMethod(id=uuid7(), member_id=member_id)
     _apply(rt, method, data)
     session.add(method)
     await _flush_unique(session)
+    await _audit_added(session, method, member_id, ctx)
+    return method
+
+
+async def _audit_added(
+    session: AsyncSession, method: PayoutMethod, member_id: uuid.UUID, ctx: RequestContext
+) -> None:
     await audit.record(
         session,
         action="payout_method.added",
@@ -121,7 +214,6 @@ async def add_method(
         after=_public(method),
         ctx=ctx,
     )
-    return method
 
 
 async def replace_method(
@@ -129,10 +221,17 @@ async def replace_method(
     rt: Runtime,
     member_id: uuid.UUID,
     method_id: uuid.UUID,
-    data: PayoutMethodIn,
+    data: DetailsIn,
     ctx: RequestContext,
 ) -> PayoutMethod:
+    """New details for a method; the cool-down starts again. A Stripe account is not changed into
+    anything (it stays Stripe's), nor anything into one: add it, remove the other."""
     method = await _owned(session, member_id, method_id, lock=True)
+    if method.kind == STRIPE_KIND:
+        raise NotAStripeAccount(
+            "A Stripe account cannot be changed here: update it on Stripe (POST "
+            f"/v1/payout-methods/{method.id}/onboarding-link), or remove it and add another method."
+        )
     before = _public(method)
     _apply(rt, method, data)
     await _flush_unique(session)
@@ -177,8 +276,28 @@ async def list_methods(session: AsyncSession, member_id: uuid.UUID) -> list[Payo
     )
 
 
-async def get_method(session: AsyncSession, member_id: uuid.UUID, method_id: uuid.UUID) -> PayoutMethod:
+async def show_method(session: AsyncSession, member_id: uuid.UUID, method_id: uuid.UUID) -> PayoutMethod:
+    """One of the member's methods, whatever its status (to show it)."""
     return await _owned(session, member_id, method_id)
+
+
+async def get_method(session: AsyncSession, member_id: uuid.UUID, method_id: uuid.UUID) -> PayoutMethod:
+    """One of the member's methods, to pay it: a method that cannot receive payouts (a Stripe
+    account not onboarded yet, or restricted by Stripe) is refused with a 409 that says so."""
+    method = await _owned(session, member_id, method_id)
+    if method.status == PayoutMethodStatus.pending_onboarding.value:
+        raise PayoutMethodNotActive(
+            "This Stripe account cannot receive payouts until you finish Stripe's onboarding: open a "
+            f"link from POST /v1/payout-methods/{method.id}/onboarding-link.",
+            method_status=method.status,
+        )
+    if method.status == PayoutMethodStatus.restricted.value:
+        raise PayoutMethodNotActive(
+            "Stripe has paused payouts to this account until you give it more information: open a "
+            f"link from POST /v1/payout-methods/{method.id}/onboarding-link.",
+            method_status=method.status,
+        )
+    return method
 
 
 def decrypt_details(rt: Runtime, method: PayoutMethod) -> dict[str, Any]:
@@ -210,16 +329,179 @@ async def rotate_keys(session: AsyncSession, rt: Runtime, batch: int = 500) -> i
                 orjson.dumps(details).decode(), context=_DETAILS_CONTEXT
             )
             method.key_id = rt.cipher.primary_kid
-            _, _, identity = _describe(_parse(details))
-            method.fingerprint = rt.cipher.blind_index(
-                f"{method.member_id}:{identity}", context=_INDEX_CONTEXT
-            )
+            method.fingerprint = _fingerprint(rt, method.member_id, _identity_of(details))
         await session.flush()
         done += len(rows)
 
 
-def _parse(details: dict[str, Any]) -> PayoutMethodIn:
-    from pydantic import TypeAdapter
+# -- Stripe Connect onboarding ------------------------------------------------------------------
 
-    parsed: PayoutMethodIn = TypeAdapter(PayoutMethodIn).validate_python(details)
-    return parsed
+
+def _stripe(rt: Runtime) -> StripeConnectProvider:
+    if rt.settings.payout_provider is not PayoutProviderName.stripe:
+        raise StripeConnectNotUsed(
+            f"Payouts go through {rt.settings.payout_provider.value}, not Stripe: add a method it pays "
+            "(a bank account, IBAN, UPI id or PayPal email) instead of a Stripe account."
+        )
+    if not (rt.settings.stripe_onboarding_return_url and rt.settings.stripe_onboarding_refresh_url):
+        log.error("stripe_onboarding_not_configured")
+        raise StripeOnboardingUnavailable(
+            "Stripe onboarding is not set up on this server yet; please try again later."
+        )
+    return StripeConnectProvider(rt.settings)
+
+
+def _stripe_failure(exc: Exception) -> Exception:
+    """A provider error during onboarding, as the member should see it."""
+    if isinstance(exc, RetryableProviderError | ProviderAuthenticationFailed):
+        log.error("stripe_onboarding_failed", error=str(exc), code=getattr(exc, "code", None))
+        return StripeOnboardingUnavailable("Stripe did not answer as expected; please try again shortly.")
+    assert isinstance(exc, PermanentProviderError)
+    return StripeRefusedAccount(f"Stripe refused it: {exc.detail}", stripe_code=exc.provider_code)
+
+
+async def _link(rt: Runtime, provider: StripeConnectProvider, account_id: str) -> AccountLink:
+    # A fresh key each time: every call is meant to make a new link (the old one may be used up).
+    return await provider.create_account_link(
+        account_id,
+        refresh_url=rt.settings.stripe_onboarding_refresh_url,
+        return_url=rt.settings.stripe_onboarding_return_url,
+        idempotency_key=f"referloop-link-{uuid.uuid4().hex}",
+    )
+
+
+def account_key(member_id: uuid.UUID, idempotency_key: str) -> str:
+    """Stripe's key for creating a member's account: the member's own key (a retry of their request
+    finds the account made first), scoped to them (keys are per platform at Stripe, not per member)."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
+    return f"referloop-account-{member_id.hex}-{digest}"
+
+
+async def add_stripe_account(
+    session: AsyncSession,
+    rt: Runtime,
+    member_id: uuid.UUID,
+    data: StripeAccountMethod,
+    idempotency_key: str,
+    ctx: RequestContext,
+) -> tuple[PayoutMethod, AccountLink]:
+    """Create the member's Express account at Stripe and a link to its onboarding. The method is
+    `pending_onboarding` (it cannot be paid) until Stripe reports the account can be paid."""
+    provider = _stripe(rt)
+    try:
+        await _check_room(session, member_id)
+        user = await get_user(session, member_id)
+        try:
+            account = await provider.create_express_account(
+                country=data.country,
+                email=user.email,
+                member_id=str(member_id),
+                idempotency_key=account_key(member_id, idempotency_key),
+            )
+            link = await _link(rt, provider, account.account_id)
+        except (PermanentProviderError, RetryableProviderError) as exc:
+            raise _stripe_failure(exc) from exc
+    finally:
+        await provider.aclose()
+
+    method = PayoutMethod(id=uuid7(), member_id=member_id)
+    _store(
+        rt,
+        method,
+        STRIPE_KIND,
+        # Field names of StripeAccountDestination, so that it validates as one for a payout.
+        {"kind": STRIPE_KIND, "account_id": account.account_id, "country": data.country},
+        _stripe_masked(account.account_id),
+        _identity_of({"kind": STRIPE_KIND, "account_id": account.account_id}),
+    )
+    method.label = data.label
+    method.status = PayoutMethodStatus.pending_onboarding.value
+    session.add(method)
+    await _flush_unique(session)
+    await _audit_added(session, method, member_id, ctx)
+    log.info("stripe_account_created", payout_method_id=str(method.id), member_id=str(member_id))
+    return method, link
+
+
+async def new_onboarding_link(
+    session: AsyncSession, rt: Runtime, member_id: uuid.UUID, method_id: uuid.UUID
+) -> AccountLink:
+    """A fresh Stripe onboarding link for one of the member's Stripe accounts (links expire within
+    minutes and work once). Also how a restricted account gives Stripe what it asks for."""
+    method = await _owned(session, member_id, method_id)
+    if method.kind != STRIPE_KIND:
+        raise NotAStripeAccount(f"This is a {method.kind} method: only Stripe accounts are onboarded.")
+    provider = _stripe(rt)
+    try:
+        account_id = str(decrypt_details(rt, method)["account_id"])
+        return await _link(rt, provider, account_id)
+    except (PermanentProviderError, RetryableProviderError) as exc:
+        raise _stripe_failure(exc) from exc
+    finally:
+        await provider.aclose()
+
+
+async def apply_account_update(
+    session: AsyncSession, rt: Runtime, account: ConnectedAccount, reported_at: datetime
+) -> str:
+    """Apply what Stripe says of a connected account (`account.updated`): a method becomes `active`
+    when Stripe can pay the account (its 24-hour cool-down starts then, on the first activation),
+    and `restricted` when Stripe stops that. Older reports than the one applied change nothing, and
+    so does the same report twice. Returns what happened, for the webhook inbox."""
+    try:
+        member_id = uuid.UUID(account.member_id or "")
+    except ValueError:
+        return f"ignored: {account.account_id} is not an account we created for a member"
+    fingerprint = _fingerprint(
+        rt, member_id, _identity_of({"kind": STRIPE_KIND, "account_id": account.account_id})
+    )
+    method = await session.scalar(
+        select(PayoutMethod)
+        .where(
+            PayoutMethod.member_id == member_id,
+            PayoutMethod.fingerprint == fingerprint,
+            PayoutMethod.kind == STRIPE_KIND,
+            PayoutMethod.deleted_at.is_(None),
+        )
+        .with_for_update()
+    )
+    if method is None:
+        return f"ignored: no payout method for {account.account_id}"
+    if method.status_reported_at is not None and reported_at < method.status_reported_at:
+        return "ignored: older than the account state applied"
+    method.status_reported_at = reported_at
+
+    before = _public(method)
+    old = PayoutMethodStatus(method.status)
+    if account.can_be_paid(connect_payouts=rt.settings.stripe_connect_payouts):
+        new = PayoutMethodStatus.active
+    elif old is PayoutMethodStatus.pending_onboarding:
+        new = old
+    else:
+        new = PayoutMethodStatus.restricted
+    if new is old:
+        await session.flush()
+        return f"unchanged: {old.value}"
+    method.status = new.value
+    if old is PayoutMethodStatus.pending_onboarding:
+        # The cool-down of a new method counts from when it can first be paid.
+        method.usable_from = utcnow() + COOL_DOWN
+    await session.flush()
+    await audit.record(
+        session,
+        action=f"payout_method.{'activated' if new is PayoutMethodStatus.active else 'restricted'}",
+        actor_id=None,
+        actor_type="system",
+        target_type="payout_method",
+        target_id=method.id,
+        before=before,
+        after={
+            **_public(method),
+            "details_submitted": account.details_submitted,
+            "payouts_enabled": account.payouts_enabled,
+            "transfers": account.transfers,
+            "disabled_reason": account.disabled_reason,
+        },
+    )
+    log.info("stripe_account_status", payout_method_id=str(method.id), status=new.value)
+    return f"{new.value}: {method.id}"

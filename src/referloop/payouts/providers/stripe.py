@@ -10,6 +10,11 @@ Each step has its own key derived from ours (`<key>-transfer`, `<key>-payout`): 
 key on two endpoints, and a derived key is as stable across retries as ours. If the payout step is
 refused, the transfer is reversed (again under a derived key) so the money is back on our balance
 and the refusal can honestly say that nothing was paid.
+
+Members get their connected account through Stripe's Express onboarding: we create the account
+(`POST /v1/accounts`, type=express, transfers capability requested) and an Account Link
+(`POST /v1/account_links`, type=account_onboarding) whose single-use URL takes them to Stripe's
+pages; Stripe then reports the account's state in `account.updated` events on the Connect endpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 import httpx
 import structlog
+from pydantic import BaseModel, ConfigDict
 
 from referloop.config import Settings
 from referloop.payouts.providers.base import (
@@ -53,6 +59,8 @@ log = structlog.get_logger(__name__)
 
 NAME = "stripe"
 REFERENCE_KEY = "referloop_reference"
+MEMBER_KEY = "referloop_member_id"  # metadata of the connected accounts we create
+ACCOUNT_UPDATED = "account.updated"
 
 # Payout states (stripe-python _payout.py): pending → in_transit → paid; pending → canceled; failed
 # within 5 business days, even after paid.
@@ -115,6 +123,66 @@ def transfer_from(obj: Mapping[str, Any]) -> ProviderPayout:
         created_at=_created(obj),
         raw=dict(obj),
     )
+
+
+class ConnectedAccount(BaseModel):
+    """What matters to us of a Stripe account object."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: str
+    member_id: str | None  # our `referloop_member_id` metadata
+    details_submitted: bool
+    payouts_enabled: bool
+    transfers: str | None  # the transfers capability: active, inactive or pending (None: not requested)
+    disabled_reason: str | None
+    created_at: datetime | None = None
+
+    def can_be_paid(self, *, connect_payouts: bool) -> bool:
+        """We transfer to the account (its transfers capability must be active) and, with
+        `stripe_connect_payouts`, pay out from it to its bank (`payouts_enabled`)."""
+        return self.transfers == "active" and (self.payouts_enabled or not connect_payouts)
+
+
+class AccountLink(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    url: str
+    expires_at: datetime
+
+
+def account_from(obj: Mapping[str, Any]) -> ConnectedAccount:
+    capabilities = obj.get("capabilities") or {}
+    requirements = obj.get("requirements") or {}
+    transfers = capabilities.get("transfers") if isinstance(capabilities, dict) else None
+    return ConnectedAccount(
+        account_id=str(obj["id"]),
+        member_id=_metadata(obj).get(MEMBER_KEY),
+        details_submitted=obj.get("details_submitted") is True,
+        payouts_enabled=obj.get("payouts_enabled") is True,
+        transfers=str(transfers) if transfers is not None else None,
+        disabled_reason=requirements.get("disabled_reason") if isinstance(requirements, dict) else None,
+        created_at=_created(obj),
+    )
+
+
+def account_update_from(event: WebhookEvent) -> ConnectedAccount | None:
+    """The connected account an `account.updated` event reports, or None when the event is about
+    something else. A Connect event names the account it comes from (`account`); one that does not,
+    or names another account than its object, is about our platform account, not a member's."""
+    if event.provider != NAME or event.event_type != ACCOUNT_UPDATED:
+        return None
+    obj = (event.raw.get("data") or {}).get("object")
+    if not isinstance(obj, dict) or obj.get("object") != "account" or not isinstance(obj.get("id"), str):
+        return None
+    if event.raw.get("account") != obj["id"]:
+        return None
+    return account_from(obj)
+
+
+def _metadata(obj: Mapping[str, Any]) -> dict[str, str]:
+    metadata = obj.get("metadata")
+    return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
 
 
 def classify(method: str, path: str, response: httpx.Response) -> PayoutProviderError:
@@ -307,6 +375,42 @@ class StripeConnectProvider:
                 http_status=cause.http_status,
                 no_payout_made=False,
             ) from exc
+
+    async def create_express_account(
+        self, *, country: str, email: str | None, member_id: str, idempotency_key: str
+    ) -> ConnectedAccount:
+        """An Express connected account for a member, which can receive transfers once Stripe has
+        onboarded it. Retried with the same key, Stripe answers with the account it made first."""
+        obj = await self._post(
+            "/v1/accounts",
+            {
+                "type": "express",
+                "country": country,
+                "email": email,
+                "capabilities": {"transfers": {"requested": True}},
+                "metadata": {MEMBER_KEY: member_id},
+            },
+            key=idempotency_key,
+        )
+        return account_from(obj)
+
+    async def create_account_link(
+        self, account_id: str, *, refresh_url: str, return_url: str, idempotency_key: str
+    ) -> AccountLink:
+        """A single-use URL of Stripe's onboarding for the account; it expires within minutes."""
+        obj = await self._post(
+            "/v1/account_links",
+            {
+                "account": account_id,
+                "refresh_url": refresh_url,
+                "return_url": return_url,
+                "type": "account_onboarding",
+            },
+            key=idempotency_key,
+        )
+        return AccountLink(
+            url=str(obj["url"]), expires_at=datetime.fromtimestamp(int(obj["expires_at"]), UTC)
+        )
 
     async def get_payout(self, provider_payout_id: str) -> ProviderPayout:
         account, _, object_id = provider_payout_id.rpartition("/")

@@ -32,5 +32,7 @@ async def razorpayx_webhook(request: Request, rt: RuntimeDep) -> WebhookAck:
 @router.post("/stripe", response_model=WebhookAck)
 async def stripe_webhook(request: Request, rt: RuntimeDep) -> WebhookAck:
     """Stripe events (`payout.paid`, `payout.failed`, `transfer.reversed`, ...) from the platform and
-    Connect endpoints, signed with `Stripe-Signature` (t=..., v1=HMAC-SHA256 of "t.body")."""
+    Connect endpoints, signed with `Stripe-Signature` (t=..., v1=HMAC-SHA256 of "t.body"). From the
+    Connect endpoint, `account.updated` activates a member's Stripe account payout method once Stripe
+    can pay it."""
     return await _receive(request, rt, PayoutProviderName.stripe)

@@ -15,7 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.core.db import utcnow
 from referloop.core.ids import uuid7
+from referloop.payouts.methods import service as methods
 from referloop.payouts.providers import WebhookEvent, build_payout_provider
+from referloop.payouts.providers.stripe import account_update_from
 from referloop.payouts.withdrawals.errors import WithdrawalNotFound
 from referloop.payouts.withdrawals.models import WebhookInbox, Withdrawal
 from referloop.payouts.withdrawals.service.payouts import apply_report
@@ -84,6 +86,9 @@ async def _find(session: AsyncSession, event: WebhookEvent) -> Withdrawal | None
 
 
 async def handle(session: AsyncSession, rt: Runtime, event: WebhookEvent) -> tuple[str, uuid.UUID | None]:
+    # Stripe Connect onboarding: a member's connected account can (or can no longer) be paid.
+    if (account := account_update_from(event)) is not None:
+        return await methods.apply_account_update(session, rt, account, event.occurred_at), None
     if event.payout is None:
         return f"ignored: {event.event_type} is about no payout", None
     withdrawal = await _find(session, event)
