@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from functools import lru_cache
+from http.cookies import SimpleCookie
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request
@@ -156,6 +158,22 @@ async def set_vanity_code(
     return vanity_out(await codes.set_vanity_code(session, rt, principal.user_id, body.code, ctx))
 
 
+@lru_cache(maxsize=64)
+def _click_cookie_suffix(name: str, max_age: int, secure: bool) -> str:
+    """What follows `name=<click id>` in the click cookie's Set-Cookie value, as Starlette's
+    `set_cookie(httponly=True, samesite="lax", path="/")` writes it (a UUID needs no quoting)."""
+    cookie: SimpleCookie = SimpleCookie()
+    cookie[name] = "v"
+    morsel = cookie[name]
+    morsel["max-age"] = max_age
+    morsel["httponly"] = True
+    morsel["samesite"] = "lax"
+    morsel["path"] = "/"
+    if secure:
+        morsel["secure"] = True
+    return cookie.output(header="").strip().removeprefix(f"{name}=v")
+
+
 @redirect_router.get(
     "/r/{slug}",
     status_code=302,
@@ -181,15 +199,16 @@ async def follow_link(request: Request, slug: Annotated[str, Path(max_length=40)
         referer=headers.get("referer"),
         country=headers.get(rt.settings.click_country_header),
     )
-    response = RedirectResponse(redirect.location, status_code=302, headers={"Cache-Control": "no-store"})
+    # What RedirectResponse and set_cookie would send, without their per-request work (the location
+    # comes quoted as RedirectResponse quotes it; the cookie is what SimpleCookie writes for it).
+    response = Response(status_code=302)
+    raw = response.raw_headers
+    raw.append((b"cache-control", b"no-store"))
+    raw.append((b"location", redirect.location.encode("latin-1")))
     if redirect.click_id is not None:
-        response.set_cookie(
-            rt.settings.click_cookie_name,
-            str(redirect.click_id),
-            max_age=redirect.max_age_seconds,
-            httponly=True,
-            samesite="lax",
-            secure=rt.settings.public_base_url.startswith("https://"),
-            path="/",
+        name = rt.settings.click_cookie_name
+        suffix = _click_cookie_suffix(
+            name, redirect.max_age_seconds, rt.settings.public_base_url.startswith("https://")
         )
+        raw.append((b"set-cookie", f"{name}={redirect.click_id}{suffix}".encode("latin-1")))
     return response

@@ -4,7 +4,13 @@ Two small entries per link instead of one per slug, so that a change invalidates
 `code -> (member id, display code)` and `program short code -> (program id, landing URL, window)`.
 Unknown or retired targets are cached as a negative entry for a short time. Writers delete the key
 in their transaction (before commit), so a redirect racing the commit can re-cache the old value for
-at most the TTL; that bound is accepted for links (nothing about money depends on it)."""
+at most the TTL; that bound is accepted for links (nothing about money depends on it).
+
+The keys carry the hash tag `{referrals:clicks}`: on a Redis Cluster they live in the slot of the
+click stream (`referrals:clicks`, whose whole name is its own tag), so that the redirect's one script
+may read them and append the click in a single call. Every redirect writes to the stream's slot in
+any case, so this moves no load to another node. The names before that change (`referrals:link:...`)
+are still deleted on invalidation while processes of the previous release may be reading them."""
 
 from __future__ import annotations
 
@@ -16,13 +22,23 @@ from referloop.runtime import Runtime
 
 NEGATIVE = b"-"
 NEGATIVE_TTL_SECONDS = 30
+# The click stream's name as a hash tag (see the module docstring and `clicks.STREAM`).
+SLOT_TAG = "{referrals:clicks}"
 
 
 def code_key(code_key_: str) -> str:
-    return f"referrals:link:code:{code_key_}"
+    return f"{SLOT_TAG}:link:code:{code_key_}"
 
 
 def program_key(short_code: str) -> str:
+    return f"{SLOT_TAG}:link:program:{short_code}"
+
+
+def _legacy_code_key(code_key_: str) -> str:
+    return f"referrals:link:code:{code_key_}"
+
+
+def _legacy_program_key(short_code: str) -> str:
     return f"referrals:link:program:{short_code}"
 
 
@@ -44,8 +60,8 @@ async def _delete(rt: Runtime, keys: list[str]) -> None:
 
 
 async def invalidate_codes(rt: Runtime, *code_keys: str) -> None:
-    await _delete(rt, [code_key(k) for k in code_keys])
+    await _delete(rt, [f(k) for k in code_keys for f in (code_key, _legacy_code_key)])
 
 
 async def invalidate_programs(rt: Runtime, *short_codes: str) -> None:
-    await _delete(rt, [program_key(s) for s in short_codes])
+    await _delete(rt, [f(s) for s in short_codes for f in (program_key, _legacy_program_key)])

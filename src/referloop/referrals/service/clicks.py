@@ -1,7 +1,8 @@
 """Share-link redirects and click recording.
 
 The redirect path never queries PostgreSQL when the link cache is warm: it reads what the link points
-at from Redis (filled from the database on a miss), appends the click to a Redis stream, and answers.
+at from Redis (filled from the database on a miss), appends the click to a Redis stream, and answers
+(one Redis call when warm: a script does both).
 `flush_clicks` (run by the worker) moves clicks from the stream to the `clicks` table in batches:
 
     XAUTOCLAIM orphaned entries (or XREADGROUP new ones) -> resolve code and program (3 queries)
@@ -14,28 +15,29 @@ time) turns into no-ops. So every click is stored exactly once, whatever crashes
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any, cast
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 import crawleruseragents
 import orjson
 import structlog
-from redis.exceptions import ResponseError
+import uuid_utils
+from redis.exceptions import NoScriptError, ResponseError
 from sqlalchemy import ARRAY, Boolean, DateTime, LargeBinary, String, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.core.db import utcnow
-from referloop.core.ids import uuid7
 from referloop.referrals.errors import LinkNotFound
 from referloop.referrals.models import Click, Program
 from referloop.referrals.service import cache
@@ -59,6 +61,12 @@ _PARTITION_LOCK_KEY = 0x524C434C4B53  # "RLCLKS"
 
 
 def pending_click_key(click_id: uuid.UUID | str) -> str:
+    # In the click stream's Redis Cluster slot (see `cache`), written by the redirect's script.
+    return f"{cache.SLOT_TAG}:click:{click_id}"
+
+
+def _legacy_pending_click_key(click_id: uuid.UUID | str) -> str:
+    """The name before the hash tag; such keys live on for up to an hour after a deploy."""
     return f"referrals:click:{click_id}"
 
 
@@ -134,12 +142,77 @@ async def _fill(
 
 # -- following a link -----------------------------------------------------------------------------
 
+# One call per warm redirect: both cache reads and, when the link credits someone, the click's XADD
+# (one packed field) and its pending-click key. All four keys share the stream's Redis Cluster slot
+# (see `cache`). Replies: {code, program, entry id} when the click was appended, else {code, program}
+# (nil for a cache miss), and nothing was written.
+_FOLLOW_SCRIPT = f"""
+local code = redis.call('GET', KEYS[1])
+local program = redis.call('GET', KEYS[2])
+if code and program and code ~= '{cache.NEGATIVE.decode()}' and program ~= '{cache.NEGATIVE.decode()}' then
+  local id = redis.call('XADD', KEYS[3], '*', 'c', ARGV[1])
+  if ARGV[2] ~= '' then
+    redis.call('SET', KEYS[4], ARGV[2], 'EX', ARGV[3])
+  end
+  return {{code, program, id}}
+end
+return {{code, program}}
+"""
+_FOLLOW_SHA = hashlib.sha1(_FOLLOW_SCRIPT.encode(), usedforsecurity=False).hexdigest()  # its EVALSHA name
+_PENDING_TTL_ARG = str(PENDING_CLICK_TTL_SECONDS)
+# Starlette's RedirectResponse quotes its URL with these characters left as they are; the location
+# is quoted here (once per landing URL) so that the route can send it as it is.
+_LOCATION_SAFE = ":/%#?=@[]!$&'()*+,;"
+_UTM = ("utm_source", "utm_medium", "utm_campaign")
+# The landing URL's own parameters that the redirect replaces: no code (utm only), a credited bot
+# (and ref), a credited visitor (and rl_click), as `with_params` does.
+_REPLACED = (frozenset(_UTM), frozenset((*_UTM, "ref")), frozenset((*_UTM, "ref", "rl_click")))
+_NO_CODE, _CREDITED_BOT, _CREDITED = 0, 1, 2
+
 
 @dataclass(frozen=True, slots=True)
 class Redirect:
-    location: str
-    click_id: uuid.UUID | None  # set the cookie when present
+    location: str  # the Location header's value, quoted as Starlette's RedirectResponse quotes it
+    click_id: str | None  # set the cookie when present
     max_age_seconds: int
+
+
+@lru_cache(maxsize=4096)
+def _landing(raw_program: bytes, short: str, mode: int) -> tuple[str, str, int]:
+    """(quoted URL up to the end of its query, with the utm parameters; quoted fragment or ""; cookie
+    max-age): `with_params` of the landing URL split where `ref` and `rl_click` go, once per program
+    entry instead of once per request."""
+    program = orjson.loads(raw_program)
+    parts = urlsplit(program["u"])
+    replaced = _REPLACED[mode]
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in replaced]
+    query += [("utm_source", "referloop"), ("utm_medium", "referral"), ("utm_campaign", short)]
+    head = urlunsplit(parts._replace(query=urlencode(query), fragment=""))
+    tail = f"#{parts.fragment}" if parts.fragment else ""
+    return quote(head, safe=_LOCATION_SAFE), quote(tail, safe=_LOCATION_SAFE), int(program["w"]) * 86400
+
+
+@lru_cache(maxsize=16384)
+def _ref_param(raw_code: bytes) -> str:
+    return "&ref=" + quote_plus(orjson.loads(raw_code)["c"])
+
+
+async def _follow(rt: Runtime, keys: tuple[str, str, str, str], packed: bytes, pending: bytes) -> list[Any]:
+    args = (*keys, packed, pending, _PENDING_TTL_ARG)
+    try:
+        return await cast(Awaitable[list[Any]], rt.redis.evalsha(_FOLLOW_SHA, 4, *args))
+    except NoScriptError:  # a restarted or new Redis: load it once, then it stays
+        await rt.redis.script_load(_FOLLOW_SCRIPT)
+        return await cast(Awaitable[list[Any]], rt.redis.evalsha(_FOLLOW_SHA, 4, *args))
+
+
+async def _append(rt: Runtime, click_key: str, packed: bytes, pending: bytes) -> None:
+    """The click of a link whose cache was cold (the script read a miss and wrote nothing)."""
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.xadd(STREAM, {"c": packed})
+    if pending:
+        pipe.set(click_key, pending, ex=PENDING_CLICK_TTL_SECONDS)
+    await pipe.execute()
 
 
 async def follow_link(
@@ -153,56 +226,52 @@ async def follow_link(
 ) -> Redirect:
     """Where `/r/{slug}` sends the visitor, with the click buffered in Redis (never PostgreSQL).
 
-    One Redis round trip when the cache is warm: the two cache reads, the click's XADD and its
-    pending-click key go in one pipeline. The entry names the link (code, program short code), not
-    who it resolves to: the flusher resolves it, by the same rules. On a cold or unknown link the
-    entry is deleted again before the answer if the link turns out not to credit anyone."""
+    One Redis call when the cache is warm (`_FOLLOW_SCRIPT`): the two cache reads, and the click's
+    XADD and pending-click key when the link credits someone. The entry names the link (code, program
+    short code), not who it resolves to: the flusher resolves it, by the same rules. A cold link is
+    filled from the database, then its click appended. The entry is one field, `c`, a JSON array:
+    [click id, ms since the epoch, code key, short code, ip hash hex, user agent, referer, country,
+    bot 0/1] (None for what is unknown)."""
     key, short = parse_slug(slug)
     bot = is_bot(user_agent)
-    click_id = uuid7()
+    click_id = str(uuid_utils.uuid7())
     now_ms = int(time.time() * 1000)
-    fields: dict[str, str] = {
-        "i": str(click_id),
-        "t": str(now_ms),
-        "k": key,
-        "s": short,
-        "h": keyed_hash(rt, "ip", ip).hex() if ip else "",
-        "a": (user_agent or "")[:512],
-        "r": (referer or "")[:1024],
-        "g": _country(country) or "",
-        "b": "1" if bot else "0",
-    }
-    pipe = rt.redis.pipeline(transaction=False)
-    pipe.get(cache.code_key(key))
-    pipe.get(cache.program_key(short))
-    pipe.xadd(STREAM, fields)  # type: ignore[arg-type]
-    if not bot:
-        pipe.set(
-            pending_click_key(click_id),
-            orjson.dumps({"k": key, "s": short, "t": now_ms}),
-            ex=PENDING_CLICK_TTL_SECONDS,
+    packed = orjson.dumps(
+        (
+            click_id,
+            now_ms,
+            key,
+            short,
+            keyed_hash(rt, "ip", ip).hex() if ip else None,
+            user_agent[:512] if user_agent else None,
+            referer[:1024] if referer else None,
+            _country(country) if country else None,
+            1 if bot else 0,
         )
-    raw_code, raw_program, entry_id, *_ = await pipe.execute()
-    if raw_code is None or raw_program is None:
-        raw_code, raw_program = await _fill(rt, key, short, raw_code, raw_program)
-    if raw_code == cache.NEGATIVE or raw_program == cache.NEGATIVE:
-        # Not a click to count: take the entry back (the flusher would drop it in any case).
-        undo = rt.redis.pipeline(transaction=False)
-        undo.xdel(STREAM, entry_id)
-        undo.delete(pending_click_key(click_id))
-        await undo.execute()
+    )
+    pending = b"" if bot else orjson.dumps({"k": key, "s": short, "t": now_ms})
+    click_key = pending_click_key(click_id)
+    reply = await _follow(
+        rt, (cache.code_key(key), cache.program_key(short), STREAM, click_key), packed, pending
+    )
+    raw_code, raw_program = reply[0], reply[1]
+    if len(reply) < 3:  # nothing appended: a cache miss, or a link that credits no one
+        if raw_code is None or raw_program is None:
+            raw_code, raw_program = await _fill(rt, key, short, raw_code, raw_program)
+            if raw_code != cache.NEGATIVE and raw_program != cache.NEGATIVE:
+                await _append(rt, click_key, packed, pending)
         if raw_program == cache.NEGATIVE:
             raise LinkNotFound("This link does not exist or its program is no longer offered.")
-    program = orjson.loads(raw_program)
-    params = {"utm_source": "referloop", "utm_medium": "referral", "utm_campaign": short}
-    if raw_code == cache.NEGATIVE:
-        # The program exists but the code belongs to no one (revoked or mistyped): still take the
-        # visitor there, crediting no one.
-        return Redirect(with_params(program["u"], params), None, 0)
-    params["ref"] = orjson.loads(raw_code)["c"]
-    if not bot:
-        params["rl_click"] = str(click_id)
-    return Redirect(with_params(program["u"], params), None if bot else click_id, int(program["w"]) * 86400)
+        if raw_code == cache.NEGATIVE:
+            # The program exists but the code belongs to no one (revoked or mistyped): still take
+            # the visitor there, crediting no one.
+            head, tail, _ = _landing(raw_program, short, _NO_CODE)
+            return Redirect(head + tail, None, 0)
+    if bot:
+        head, tail, max_age = _landing(raw_program, short, _CREDITED_BOT)
+        return Redirect(head + _ref_param(raw_code) + tail, None, max_age)
+    head, tail, max_age = _landing(raw_program, short, _CREDITED)
+    return Redirect(f"{head}{_ref_param(raw_code)}&rl_click={click_id}{tail}", click_id, max_age)
 
 
 # -- flushing -------------------------------------------------------------------------------------
@@ -253,7 +322,25 @@ async def take_batch(
 
 
 def _entry(fields: dict[bytes, bytes]) -> dict[str, Any]:
-    """A stream entry as a row, except member_id, program_id and code, which `_resolve` fills in."""
+    """A stream entry as a row, except member_id, program_id and code, which `_resolve` fills in.
+    Entries are one packed field `c` (see `follow_link`); those written before that change, which a
+    deploy may leave in the stream, have one field per value."""
+    packed = fields.get(b"c")
+    if packed is not None:
+        click_id, ms, key, short, ip_hash, user_agent, referer, country, bot = orjson.loads(packed)
+        if not isinstance(key, str) or not isinstance(short, str):
+            raise ValueError("code or short code is not a string")
+        return {
+            "id": uuid.UUID(click_id),
+            "clicked_at": datetime.fromtimestamp(int(ms) / 1000, UTC),
+            "key": key,
+            "short": short,
+            "ip_hash": bytes.fromhex(ip_hash) if ip_hash else None,
+            "user_agent": user_agent or None,
+            "referer": referer or None,
+            "country": country or None,
+            "is_bot": bool(bot),
+        }
     f = {k.decode(): v.decode() for k, v in fields.items()}
     return {
         "id": uuid.UUID(f["i"]),
@@ -384,7 +471,7 @@ async def flush_clicks(
             continue  # deleted while pending (a link that credited no one)
         try:
             entry = _entry(fields)
-        except (KeyError, ValueError, UnicodeDecodeError):
+        except (KeyError, ValueError, TypeError, UnicodeDecodeError):
             log.warning("click_entry_malformed", entry_id=entry_id.decode(errors="replace"))
             continue  # acked below: a malformed entry would otherwise block the stream forever
         if entry["id"] not in seen:  # one statement cannot insert the same key twice
@@ -430,7 +517,9 @@ async def find_click(session: AsyncSession, rt: Runtime, click_id: uuid.UUID) ->
         return ClickFact(click_id, row[0], row[1], row[2], row[3])
     pending = await rt.redis.get(pending_click_key(click_id))
     if pending is None:
-        return None
+        pending = await rt.redis.get(_legacy_pending_click_key(click_id))
+        if pending is None:
+            return None
     data = orjson.loads(pending)
     owner = await resolve_code(session, data["k"])
     program_id = await session.scalar(select(Program.id).where(Program.short_code == data["s"]))
