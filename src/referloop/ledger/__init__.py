@@ -51,8 +51,10 @@ from referloop.ledger.service.entries import (
     reverse_entry,
 )
 from referloop.ledger.service.pending import (
+    Earning,
     PendingResult,
     earn_pending,
+    earn_pending_many,
     expire_due,
     get_pending,
     hold,
@@ -69,6 +71,7 @@ __all__ = [
     "Bucket",
     "CurrencyInfo",
     "Discrepancy",
+    "Earning",
     "EntryNotFound",
     "EntryNotReversible",
     "EntryView",
@@ -93,6 +96,7 @@ __all__ = [
     "balances_for",
     "currency_totals",
     "earn_pending",
+    "earn_pending_many",
     "expire_due",
     "get_currency",
     "get_entry",

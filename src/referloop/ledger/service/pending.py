@@ -16,6 +16,7 @@ balance rows in id order, on every path.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from referloop.core.db import utcnow
 from referloop.core.ids import uuid7
 from referloop.ledger.errors import (
     AmountAbovePending,
+    IdempotencyConflict,
     InvalidPosting,
     PendingTransferFinal,
     PendingTransferNotFound,
@@ -42,14 +44,24 @@ from referloop.ledger.models import (
     PendingStatus,
     PendingTransfer,
 )
-from referloop.ledger.service.accounts import AccountRef, account_id, member_account, pick_shard
+from referloop.ledger.service.accounts import (
+    AccountRef,
+    AccountRow,
+    account_id,
+    create_accounts,
+    member_account,
+    pick_shard,
+)
 from referloop.ledger.service.entries import (
     PostedEntry,
     _apply,
     _apply_with_accounts,
+    _body_hash,
+    _canonical,
     _check_caller_key,
     _is_positive_int,
     _Line,
+    _validate,
 )
 
 
@@ -436,3 +448,239 @@ async def get_pending(session: AsyncSession, transfer_id: uuid.UUID) -> PendingT
     if transfer is None:
         raise PendingTransferNotFound()
     return transfer
+
+
+@dataclass(frozen=True, slots=True)
+class Earning:
+    """One `earn_pending` request, for `earn_pending_many`."""
+
+    member_id: uuid.UUID
+    amount: int
+    currency: str
+    source: AccountRef
+    idempotency_key: str
+    entry_type: str = "pending.earning"
+    reference_type: str | None = None
+    reference_id: str | uuid.UUID | None = None
+    metadata: dict[str, Any] | None = None
+    expires_at: datetime | None = None
+
+
+# The statements of `earn_pending_many`, each for every earning at once (raw asyncpg, arrays).
+_MANY_ENTRIES = """
+INSERT INTO ledger_entries (id, type, reference_type, reference_id, idempotency_key, body_hash, metadata,
+                            reverses_entry_id, created_at)
+SELECT e.id, e.type, e.reference_type, e.reference_id, e.key, e.body_hash, CAST(e.metadata AS jsonb), NULL,
+       statement_timestamp()
+FROM unnest(CAST($1 AS uuid[]), CAST($2 AS text[]), CAST($3 AS text[]), CAST($4 AS text[]),
+            CAST($5 AS text[]), CAST($6 AS bytea[]), CAST($7 AS text[]))
+    AS e(id, type, reference_type, reference_id, key, body_hash, metadata)
+ORDER BY e.key
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id, created_at
+"""
+_MANY_LOCK = "SELECT id FROM ledger_accounts WHERE id = ANY(CAST($1 AS uuid[])) ORDER BY id FOR UPDATE"
+_MANY_MOVE = """
+UPDATE ledger_accounts a SET pending = a.pending + d.dp, available = a.available + d.da
+FROM unnest(CAST($1 AS uuid[]), CAST($2 AS bigint[]), CAST($3 AS bigint[])) AS d(account_id, dp, da)
+WHERE a.id = d.account_id
+"""
+_MANY_POSTINGS = """
+INSERT INTO ledger_postings (entry_id, line, account_id, member_id, bucket, currency, amount)
+SELECT * FROM unnest(CAST($1 AS uuid[]), CAST($2 AS smallint[]), CAST($3 AS uuid[]), CAST($4 AS uuid[]),
+                     CAST($5 AS text[]), CAST($6 AS text[]), CAST($7 AS bigint[]))
+"""
+_MANY_TRANSFERS = """
+INSERT INTO ledger_pending_transfers (id, kind, member_id, account_id, counterparty_account_id, currency,
+                                      amount, status, expires_at, reference_type, reference_id,
+                                      create_entry_id, created_at)
+SELECT t.id, 'earning', t.member_id, t.account_id, t.counterparty, t.currency, t.amount, 'pending',
+       t.expires_at, t.reference_type, t.reference_id, t.entry_id, t.created_at
+FROM unnest(CAST($1 AS uuid[]), CAST($2 AS uuid[]), CAST($3 AS uuid[]), CAST($4 AS uuid[]),
+            CAST($5 AS text[]), CAST($6 AS bigint[]), CAST($7 AS timestamptz[]), CAST($8 AS text[]),
+            CAST($9 AS text[]), CAST($10 AS uuid[]), CAST($11 AS timestamptz[]))
+    AS t(id, member_id, account_id, counterparty, currency, amount, expires_at, reference_type,
+         reference_id, entry_id, created_at)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    earning: Earning
+    lines: list[_Line]
+    reference_id: str | None
+    metadata: dict[str, Any]
+    body_hash: bytes
+    source_row: AccountRow
+    wallet_row: AccountRow
+    entry_id: uuid.UUID
+
+
+async def earn_pending_many(session: AsyncSession, earnings: Sequence[Earning]) -> list[PendingResult]:
+    """`earn_pending` for many earnings at once, in a constant number of statements: the same
+    entries, postings, balances and pending transfers, the same idempotency (a key that posted the
+    same earning before answers `replayed`, one that posted another raises IdempotencyConflict, and
+    nothing of the call is written then), in the caller's transaction. Keys must differ within a call.
+
+    The accounts are created first (those that exist are left alone), then every balance row is
+    locked in primary-key order, as every entry locks them. One shard of each platform account is
+    picked for the whole call, so a call holds one row of it and concurrent calls spread over them."""
+    if not earnings:
+        return []
+    if len({e.idempotency_key for e in earnings}) != len(earnings):
+        raise InvalidPosting("Each earning of one call needs its own idempotency reference.")
+    shards: dict[tuple[AccountRef, str], int] = {}
+    prepared: list[_Prepared] = []
+    for e in earnings:
+        if not _is_positive_int(e.amount):
+            raise InvalidPosting("A pending amount is a positive integer of minor units.")
+        _check_caller_key(e.idempotency_key)
+        if e.expires_at is not None and e.expires_at.tzinfo is None:
+            raise InvalidPosting("expires_at must carry a time zone.")
+        if e.source.is_member:
+            raise InvalidPosting("An earning is funded by a platform account.")
+        wallet = member_account(e.member_id)
+        lines = [
+            _Line(e.source, Bucket.available, e.currency, -e.amount),
+            _Line(wallet, Bucket.pending, e.currency, e.amount),
+        ]
+        ref_id = str(e.reference_id) if e.reference_id is not None else None
+        _validate(e.entry_type, e.idempotency_key, lines, e.reference_type, ref_id)
+        meta = _canonical(
+            {
+                **(e.metadata or {}),
+                "pending": {
+                    "kind": PendingKind.earning.value,
+                    "expires_at": e.expires_at.isoformat() if e.expires_at else None,
+                },
+            }
+        )
+        shard = shards.setdefault((e.source, e.currency), pick_shard(e.source))
+        prepared.append(
+            _Prepared(
+                earning=e,
+                lines=lines,
+                reference_id=ref_id,
+                metadata=meta,
+                body_hash=_body_hash(e.entry_type, e.reference_type, ref_id, meta, lines, None),
+                source_row=AccountRow(account_id(e.source, e.currency, shard), e.source, e.currency, shard),
+                wallet_row=AccountRow(account_id(wallet, e.currency), wallet, e.currency, 0),
+                entry_id=uuid7(),
+            )
+        )
+    rows = {r.id: r for p in prepared for r in (p.source_row, p.wallet_row)}
+    await create_accounts(session, rows.values())
+    driver = (await (await session.connection()).get_raw_connection()).driver_connection
+    assert driver is not None
+
+    inserted = {
+        r["id"]: r["created_at"]
+        for r in await driver.fetch(
+            _MANY_ENTRIES,
+            [p.entry_id for p in prepared],
+            [p.earning.entry_type for p in prepared],
+            [p.earning.reference_type for p in prepared],
+            [p.reference_id for p in prepared],
+            [p.earning.idempotency_key for p in prepared],
+            [p.body_hash for p in prepared],
+            [json.dumps(p.metadata, separators=(",", ":")) for p in prepared],
+        )
+    }
+    fresh = [p for p in prepared if p.entry_id in inserted]
+    replays = [p for p in prepared if p.entry_id not in inserted]
+    earlier: dict[str, tuple[uuid.UUID, datetime]] = {}
+    if replays:
+        found = (
+            await session.execute(
+                select(
+                    JournalEntry.id,
+                    JournalEntry.created_at,
+                    JournalEntry.body_hash,
+                    JournalEntry.idempotency_key,
+                ).where(JournalEntry.idempotency_key.in_([p.earning.idempotency_key for p in replays]))
+            )
+        ).all()
+        by_key = {f.idempotency_key: f for f in found}
+        for p in replays:
+            f = by_key.get(p.earning.idempotency_key)
+            if f is None:  # pragma: no cover - a conflict on the key, yet no row
+                raise RuntimeError("ledger entry neither applied nor found")
+            if bytes(f.body_hash) != p.body_hash:
+                raise IdempotencyConflict(
+                    "This idempotency reference already posted a different entry; nothing was changed.",
+                    entry_id=str(f.id),
+                )
+            earlier[p.earning.idempotency_key] = (f.id, f.created_at)
+
+    results: dict[uuid.UUID, PendingResult] = {}
+    if fresh:
+        deltas: dict[uuid.UUID, list[int]] = {}
+        for p in fresh:
+            for line in p.lines:
+                row = p.source_row if line.ref == p.earning.source else p.wallet_row
+                d = deltas.setdefault(row.id, [0, 0])
+                d[0 if line.bucket is Bucket.pending else 1] += line.amount
+        ids = sorted(deltas)
+        await driver.fetch(_MANY_LOCK, ids)  # primary-key order, as `_APPLY` takes them
+        await driver.execute(_MANY_MOVE, ids, [deltas[i][0] for i in ids], [deltas[i][1] for i in ids])
+        postings: list[tuple[Any, ...]] = []
+        for p in fresh:
+            for n, line in enumerate(p.lines):
+                row = p.source_row if line.ref == p.earning.source else p.wallet_row
+                postings.append(
+                    (p.entry_id, n, row.id, line.ref.member_id, line.bucket.value, line.currency, line.amount)
+                )
+        await driver.execute(_MANY_POSTINGS, *(list(col) for col in zip(*postings, strict=True)))
+        transfers = [
+            PendingTransfer(
+                id=uuid7(),
+                kind=PendingKind.earning.value,
+                member_id=p.earning.member_id,
+                account_id=p.wallet_row.id,
+                counterparty_account_id=p.source_row.id,
+                currency=p.earning.currency,
+                amount=p.earning.amount,
+                status=PendingStatus.pending.value,
+                expires_at=p.earning.expires_at,
+                reference_type=p.earning.reference_type,
+                reference_id=p.reference_id,
+                create_entry_id=p.entry_id,
+                created_at=inserted[p.entry_id],
+            )
+            for p in fresh
+        ]
+        await driver.execute(
+            _MANY_TRANSFERS,
+            [t.id for t in transfers],
+            [t.member_id for t in transfers],
+            [t.account_id for t in transfers],
+            [t.counterparty_account_id for t in transfers],
+            [t.currency for t in transfers],
+            [t.amount for t in transfers],
+            [t.expires_at for t in transfers],
+            [t.reference_type for t in transfers],
+            [t.reference_id for t in transfers],
+            [t.create_entry_id for t in transfers],
+            [t.created_at for t in transfers],
+        )
+        for p, t in zip(fresh, transfers, strict=True):
+            results[p.entry_id] = PendingResult(
+                t, PostedEntry(id=p.entry_id, created_at=inserted[p.entry_id], replayed=False)
+            )
+    if replays:
+        entry_ids = [earlier[p.earning.idempotency_key][0] for p in replays]
+        existing = {
+            t.create_entry_id: t
+            for t in await session.scalars(
+                select(PendingTransfer).where(PendingTransfer.create_entry_id.in_(entry_ids))
+            )
+        }
+        for p in replays:
+            entry_id, created_at = earlier[p.earning.idempotency_key]
+            transfer = existing.get(entry_id)
+            if transfer is None:  # pragma: no cover - the key belongs to a plain entry
+                raise PendingTransferNotFound(
+                    "This idempotency reference posted an entry that is no pending transfer."
+                )
+            results[p.entry_id] = PendingResult(transfer, PostedEntry(entry_id, created_at, replayed=True))
+    return [results[p.entry_id] for p in prepared]

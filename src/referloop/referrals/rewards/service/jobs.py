@@ -1,7 +1,8 @@
 """The worker's reward jobs: take reversals back, grant queued rewards, release rewards whose hold
-is over. Each reward is handled in its own transaction; rows another worker holds are skipped
-(SKIP LOCKED), so every worker can run every job at once. Grants run in parallel, taken in the order
-the milestones were reached, so a budget about to run out goes roughly first come, first served
+is over. Reversals and releases are handled one reward per transaction; grants many per transaction
+(`bulk.grant_many`, falling back to one per transaction). Rows another worker holds are skipped
+(SKIP LOCKED), so every worker can run every job at once. Grants are taken in the order the
+milestones were reached, so a budget about to run out goes roughly first come, first served
 (exactly: never past the budget; roughly: two grants racing for the last amount may finish in
 either order)."""
 
@@ -21,12 +22,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from referloop.core.db import utcnow
 from referloop.referrals.lifecycle.models import Referral, ReferralState
 from referloop.referrals.rewards.models import Reward, RewardStatus
-from referloop.referrals.rewards.service import grant, settle
+from referloop.referrals.rewards.service import bulk, grant, settle
 from referloop.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_BATCH = 200
+# Grants: up to GRANT_PASS per pass, GRANT_CHUNK per transaction, GRANT_LANES transactions at once.
+GRANT_PASS = 4_000
+GRANT_CHUNK = 500
+GRANT_LANES = 3
 # Grants at once per worker; each holds a connection (the pool must be larger).
 CONCURRENCY = 16
 
@@ -107,6 +112,36 @@ async def _each(
     return list(await asyncio.gather(*(one(i) for i in ids)))
 
 
+async def _grant_in_bulk(
+    rt: Runtime, limit: int, referral_ids: Sequence[uuid.UUID] | None, concurrency: int
+) -> list[str | None]:
+    """Grant up to `limit` queued rewards, GRANT_CHUNK per transaction (`bulk.grant_many`), in a few
+    lanes at once (each claims with SKIP LOCKED, so they never take the same reward). A chunk whose
+    transaction fails (a budget that a concurrent grant spent, a deadlock) is rolled back whole and
+    its rewards are granted one per transaction instead."""
+    outcomes: list[str | None] = []
+    left = [limit]
+
+    async def lane() -> None:
+        while left[0] > 0:
+            size = min(GRANT_CHUNK, left[0])
+            left[0] -= size
+            try:
+                async with rt.db.sessionmaker() as session, session.begin():
+                    done: list[str | None] = list(await bulk.grant_many(session, size, referral_ids))
+            except (bulk.BudgetRace, DBAPIError) as exc:
+                log.warning("reward_bulk_grant_failed", error=str(exc)[:300])
+                async with rt.db.sessionmaker() as session:
+                    ids = await queued_rewards(session, size, referral_ids)
+                done = await _each(rt, ids, lambda s, i: grant.grant(s, i, skip_locked=True), concurrency)
+            outcomes.extend(done)
+            if len(done) < size:
+                left[0] = 0  # the queue is empty (or the rest is locked by others)
+
+    await asyncio.gather(*(lane() for _ in range(GRANT_LANES)))
+    return outcomes
+
+
 async def run_once(
     rt: Runtime,
     *,
@@ -127,9 +162,7 @@ async def run_once(
     ):
         report.reversed += outcome not in (None, "failed")
         report.failed += outcome == "failed"
-    async with rt.db.sessionmaker() as session:
-        grant_ids = await queued_rewards(session, limit, referral_ids)
-    for outcome in await _each(rt, grant_ids, lambda s, i: grant.grant(s, i, skip_locked=True), concurrency):
+    for outcome in await _grant_in_bulk(rt, max(limit, GRANT_PASS), referral_ids, concurrency):
         if outcome == RewardStatus.pending.value:
             report.granted += 1
         elif outcome == "failed":
