@@ -464,11 +464,13 @@ FROM unnest(CAST($1 AS uuid[]), CAST($2 AS text[]), CAST($3 AS text[]), CAST($4 
 WHERE r.id = u.id
 """
 
+# In key order, so two batches that share receipts wait on each other instead of deadlocking.
 _CLAIM_MANY = """
 INSERT INTO partner_outcomes (university_id, external_ref, kind, status, occurred_at, created_at)
 SELECT $1, c.external_ref, c.kind, 'applied', c.occurred_at, $2
 FROM unnest(CAST($3 AS text[]), CAST($4 AS text[]), CAST($5 AS timestamptz[]))
     AS c(external_ref, kind, occurred_at)
+ORDER BY c.external_ref, c.kind
 ON CONFLICT DO NOTHING
 RETURNING external_ref, kind
 """
