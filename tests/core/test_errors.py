@@ -208,3 +208,13 @@ class TestDocumentedErrors:
                         assert list(content) == [PROBLEM_JSON], (method, path, status)
                         ref = content[PROBLEM_JSON]["schema"]["$ref"]
                         assert ref.rsplit("/", 1)[-1] in {"Problem", "NotReady"}, (method, path, status)
+
+
+def test_an_error_cannot_reuse_a_problem_field_name() -> None:
+    # `status` as an extra would collide with the problem body's own member when rendered (a 500):
+    # the mistake surfaces where the error is made instead.
+    from referloop.core.errors import Conflict
+
+    with pytest.raises(TypeError, match="status"):
+        Conflict("nope", status="active")
+    assert Conflict("fine", state="active").extra == {"state": "active"}

@@ -22,6 +22,10 @@ PROBLEM_BASE = "https://referloop.dev/problems/"
 INTERNAL_ERROR_DETAIL = "Something went wrong on our side; quote the request id when reporting it."
 
 
+# Members of every problem body: an error's extra fields may not reuse these names.
+RESERVED_PROBLEM_FIELDS = frozenset({"type", "title", "status", "detail", "code", "instance", "request_id"})
+
+
 class AppError(Exception):
     status_code = 400
     code = "bad_request"
@@ -34,6 +38,10 @@ class AppError(Exception):
     def __init__(
         self, detail: str | None = None, *, headers: dict[str, str] | None = None, **extra: Any
     ) -> None:
+        clash = RESERVED_PROBLEM_FIELDS.intersection(extra)
+        if clash:
+            # Caught where the error is made, not as a 500 when the handler renders it.
+            raise TypeError(f"problem extras may not be named {sorted(clash)}: they are RFC 9457 fields")
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         self.headers = headers
