@@ -5,7 +5,9 @@ Every money test ends with `ledger reconcile` finding nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -226,6 +228,26 @@ class TestLimits:
         r = await strict.post(f"/v1/withdrawals/{first.json()['id']}/cancel", headers=member.auth)
         assert r.status_code == 200
         assert (await request_withdrawal(strict, member, method_id, 600)).status_code == 201
+        await assert_reconciles(rt)
+
+    async def test_requests_at_once_cannot_pass_the_daily_limit_together(
+        self, strict: httpx.AsyncClient, strict_app: FastAPI
+    ) -> None:
+        """The member's requests run one at a time (the lock taken with the Idempotency-Key), so each
+        sees what the ones before it committed: 8,000 a day in 1,000s is eight, however many race."""
+        rt: Runtime = strict_app.state.runtime
+        member = await register_member(strict)
+        await credit_member(rt, member.id, 100_000)
+        method_id = await usable_method(strict, rt, member)
+
+        responses = await asyncio.gather(
+            *(request_withdrawal(strict, member, method_id, 1_000) for _ in range(20))
+        )
+
+        outcomes = Counter(r.json().get("code", r.status_code) for r in responses)
+        assert outcomes == {201: 8, "daily_withdrawal_limit": 12}, outcomes
+        assert await withdrawal_count(rt, member.id) == 8
+        assert await balance(rt, member.id) == ledger.MemberBalance("INR", 0, 92_000, 8_000)
         await assert_reconciles(rt)
 
     async def test_monthly_limit_per_currency(self, strict: httpx.AsyncClient, strict_app: FastAPI) -> None:

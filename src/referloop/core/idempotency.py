@@ -9,6 +9,7 @@ effect and the stored answer are committed together, and a replay can never see 
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -18,7 +19,7 @@ import orjson
 from fastapi import Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import Index, SmallInteger, String, func, select, update
+from sqlalchemy import Index, LargeBinary, SmallInteger, String, func, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -65,9 +66,12 @@ async def idempotency_key_header(
 
 def request_fingerprint(request: Request, body: BaseModel | None) -> bytes:
     payload = body.model_dump(mode="json") if body is not None else None
-    return hashlib.sha256(
-        orjson.dumps([request.method, request.url.path, payload], option=orjson.OPT_SORT_KEYS)
-    ).digest()
+    parts = [request.method, request.url.path, payload]
+    try:
+        encoded = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, which orjson refuses
+        encoded = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).digest()
 
 
 async def run_idempotent(
@@ -77,15 +81,27 @@ async def run_idempotent(
     key: str,
     fingerprint: bytes,
     handler: Callable[[], Awaitable[tuple[int, BaseModel]]],
+    lock: str | None = None,
 ) -> JSONResponse:
+    """Run `handler` once per (scope, key); a replay answers what the first run answered.
+
+    `lock`: an advisory lock (by name) to take first, in the same statement as the key's INSERT, and
+    hold until the transaction ends; for handlers that must not run twice at once for one member
+    (the handler's later statements see everything the previous holder committed)."""
     if not key.isprintable():
         raise InvalidInput("Idempotency-Key must be printable text.")
-    inserted = await session.scalar(
-        insert(IdempotencyRecord)
-        .values(scope=scope, key=key, request_hash=fingerprint)
-        .on_conflict_do_nothing()
-        .returning(IdempotencyRecord.key)
-    )
+    if lock is None:
+        claim = insert(IdempotencyRecord).values(scope=scope, key=key, request_hash=fingerprint)
+    else:
+        locked = select(func.pg_advisory_xact_lock(func.hashtextextended(lock, 0)).label("locked")).subquery()
+        # created_at is added by from_select (its Python-side default), as in the plain INSERT.
+        claim = insert(IdempotencyRecord).from_select(
+            ["scope", "key", "request_hash"],
+            select(
+                literal(scope, String), literal(key, String), literal(fingerprint, LargeBinary)
+            ).select_from(locked),
+        )
+    inserted = await session.scalar(claim.on_conflict_do_nothing().returning(IdempotencyRecord.key))
     if inserted is None:
         stored = await session.scalar(
             select(IdempotencyRecord).where(IdempotencyRecord.scope == scope, IdempotencyRecord.key == key)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Insert, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.config import Settings
@@ -20,9 +21,49 @@ _ERROR_MAX_CHARS = 2000
 
 async def enqueue(session: AsyncSession, topic: str, payload: dict[str, Any]) -> uuid.UUID:
     """Write an event in the caller's transaction: it is published only if that transaction commits."""
-    event_id = uuid7()
-    await session.execute(insert(OutboxEvent).values(id=event_id, topic=topic, payload=payload))
+    (event_id,) = await enqueue_many(session, [(topic, payload)])
     return event_id
+
+
+async def enqueue_many(
+    session: AsyncSession,
+    events: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    with_write: Insert | None = None,
+) -> list[uuid.UUID]:
+    """Write several events (topic, payload), in order, with one INSERT in the caller's transaction.
+
+    `with_write`: the caller's own INSERT (the row the events announce), run in the same statement
+    as a data-modifying CTE, so that a state change and its events cost one round trip. PostgreSQL
+    runs it to completion even though nothing reads it; give it every column that has a Python-side
+    default (SQLAlchemy cannot compute those inside a CTE)."""
+    ids = [uuid7() for _ in events]
+    if not events:
+        if with_write is not None:
+            await session.execute(with_write)
+        return ids
+    # Every column with a Python-side default is given here: SQLAlchemy leaves them out (NULL) in a
+    # statement that carries a CTE. A microsecond apart, so that the relay (which claims by
+    # available_at) sees them in the order given, as when each had an INSERT of its own.
+    now = utcnow()
+    rows = []
+    for n, (event_id, (topic, payload)) in enumerate(zip(ids, events, strict=True)):
+        at = now + timedelta(microseconds=n)
+        rows.append(
+            {
+                "id": event_id,
+                "topic": topic,
+                "payload": payload,
+                "created_at": at,
+                "available_at": at,
+                "attempts": 0,
+            }
+        )
+    stmt = insert(OutboxEvent).values(rows)
+    if with_write is not None:
+        stmt = stmt.add_cte(with_write.cte("caller_write"))
+    await session.execute(stmt)
+    return ids
 
 
 def backoff_seconds(attempt: int, settings: Settings, *, jitter: bool = True) -> float:

@@ -21,7 +21,7 @@ from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from referloop.identity.deps import CurrentMember
 from referloop.payouts.withdrawals.models import WithdrawalState
 from referloop.payouts.withdrawals.schemas import CancelBody, WithdrawalCreate, WithdrawalOut
-from referloop.payouts.withdrawals.service import queries, requests
+from referloop.payouts.withdrawals.service import policy, queries, requests
 
 router = APIRouter(prefix="/v1/withdrawals", tags=["withdrawals"], responses=problem_responses(401))
 
@@ -51,15 +51,19 @@ async def create_withdrawal(
     threshold, 409 `payout_method_cooling_down` within 24 hours of adding or changing the method."""
 
     async def handler() -> tuple[int, WithdrawalOut]:
-        withdrawal = await requests.create_withdrawal(session, rt, principal.user_id, body, ctx)
+        withdrawal = await requests.create_withdrawal(
+            session, rt, principal.user_id, body, ctx, member_locked=True
+        )
         return 201, WithdrawalOut.of(withdrawal)
 
+    # The member's withdrawal lock is taken in the statement that claims the key: one round trip.
     return await run_idempotent(
         session,
         scope=member_scope("withdrawals", principal.user_id),
         key=idempotency_key,
         fingerprint=request_fingerprint(request, body),
         handler=handler,
+        lock=policy.member_lock_key(principal.user_id),
     )
 
 

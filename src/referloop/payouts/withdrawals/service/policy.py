@@ -86,11 +86,17 @@ def check_provider_pays(provider: PayoutProviderName, kind: str, currency: str) 
         )
 
 
+def member_lock_key(member_id: uuid.UUID) -> str:
+    """The advisory lock (by name) that serialises one member's withdrawal requests."""
+    return f"withdrawals:{member_id}"
+
+
 async def lock_member_withdrawals(session: AsyncSession, member_id: uuid.UUID) -> None:
     """Serialise one member's withdrawal requests until commit, so that two requests at once cannot
-    both pass the daily limit. Other members are not affected."""
+    both pass the daily limit. Other members are not affected. (POST /v1/withdrawals takes this lock
+    in the statement that claims its Idempotency-Key instead: `run_idempotent(lock=...)`.)"""
     await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"withdrawals:{member_id}"}
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": member_lock_key(member_id)}
     )
 
 

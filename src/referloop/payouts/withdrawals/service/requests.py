@@ -28,10 +28,17 @@ from referloop.runtime import Runtime
 
 
 async def create_withdrawal(
-    session: AsyncSession, rt: Runtime, member_id: uuid.UUID, data: WithdrawalCreate, ctx: RequestContext
+    session: AsyncSession,
+    rt: Runtime,
+    member_id: uuid.UUID,
+    data: WithdrawalCreate,
+    ctx: RequestContext,
+    *,
+    member_locked: bool = False,
 ) -> Withdrawal:
     """Check the request, hold the amount and record the withdrawal, all in the caller's transaction:
-    a refusal at any step leaves nothing behind."""
+    a refusal at any step leaves nothing behind. `member_locked`: the caller already holds
+    `policy.lock_member_withdrawals` in this transaction (the route takes it with the idempotency key)."""
     if not ledger.is_currency(data.currency):
         raise UnknownCurrency(f"{data.currency} is not an ISO 4217 currency code.")
     rules = policy.policy_for(rt.settings, data.currency)
@@ -52,7 +59,8 @@ async def create_withdrawal(
                 kyc_required_above=rules.kyc_required_above,
             )
 
-    await policy.lock_member_withdrawals(session, member_id)
+    if not member_locked:
+        await policy.lock_member_withdrawals(session, member_id)
     await policy.check_limits(
         session, rules, member_id=member_id, amount=data.amount, currency=data.currency, now=now
     )
@@ -93,8 +101,6 @@ async def create_withdrawal(
         created_at=now,
         updated_at=now,
     )
-    session.add(withdrawal)
-    await session.flush()
     await record_created(
         session,
         withdrawal,

@@ -10,13 +10,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.compliance import audit
 from referloop.core.context import RequestContext
 from referloop.core.db import utcnow
 from referloop.core.outbox import enqueue
+from referloop.core.outbox.service import enqueue_many
 from referloop.payouts.withdrawals.errors import IllegalTransition, WithdrawalNotFound
 from referloop.payouts.withdrawals.models import ALLOWED, Withdrawal, WithdrawalState
 
@@ -103,43 +104,62 @@ async def transition(
 async def record_created(
     session: AsyncSession, withdrawal: Withdrawal, actor: Actor, *, approved_by: Actor | None = None
 ) -> None:
-    """Announce and audit a new withdrawal. With `approved_by`, it was approved as it was created
-    (below the auto-approval threshold): it is inserted approved, and the request and the approval
-    are still two events and two audit rows. The audit rows come last, so that the audit chain's
-    lock (held until commit) waits on as few statements as possible."""
-    await enqueue(
-        session, topic(WithdrawalState.requested), event_payload(withdrawal, WithdrawalState.requested)
-    )
+    """Insert a new withdrawal (built, not added to the session), announce and audit it. With
+    `approved_by`, it was approved as it was created (below the auto-approval threshold): it is
+    inserted approved, and the request and the approval are still two events and two audit rows.
+
+    Three round trips: the row and its events in one statement, the audit chain's head, the audit
+    rows in one INSERT. The audit rows come last, so that the audit chain's lock (held until commit)
+    waits on as few statements as possible. The row is a plain INSERT, not a unit-of-work flush:
+    `withdrawal` stays out of the session (load it again to change it in this transaction)."""
+    events = [(topic(WithdrawalState.requested), event_payload(withdrawal, WithdrawalState.requested))]
     if approved_by is not None:
         if WithdrawalState.approved not in ALLOWED[WithdrawalState.requested]:  # pragma: no cover
             raise IllegalTransition("requested", "approved", ())
-        await enqueue(session, topic(WithdrawalState.approved), event_payload(withdrawal))
-    await audit.record(
-        session,
-        action="withdrawal.requested",
-        actor_id=actor.id,
-        actor_type=actor.type,
-        target_type="withdrawal",
-        target_id=withdrawal.id,
-        after={
-            "state": WithdrawalState.requested.value,
-            "amount": withdrawal.amount,
-            "fee": withdrawal.fee,
-            "currency": withdrawal.currency,
-            "payout_method_id": str(withdrawal.payout_method_id),
-            "provider": withdrawal.provider,
-        },
-        ctx=actor.ctx,
-    )
-    if approved_by is not None:
-        await audit.record(
-            session,
-            action="withdrawal.approved",
-            actor_id=approved_by.id,
-            actor_type=approved_by.type,
+        events.append((topic(WithdrawalState.approved), event_payload(withdrawal)))
+    await enqueue_many(session, events, with_write=insert(Withdrawal).values(_column_values(withdrawal)))
+    rows = [
+        audit.AuditRecord(
+            action="withdrawal.requested",
+            actor_id=actor.id,
+            actor_type=actor.type,
             target_type="withdrawal",
             target_id=withdrawal.id,
-            before={"state": WithdrawalState.requested.value},
-            after={"state": WithdrawalState.approved.value, "attempt": withdrawal.attempt, "automatic": True},
-            ctx=approved_by.ctx,
+            after={
+                "state": WithdrawalState.requested.value,
+                "amount": withdrawal.amount,
+                "fee": withdrawal.fee,
+                "currency": withdrawal.currency,
+                "payout_method_id": str(withdrawal.payout_method_id),
+                "provider": withdrawal.provider,
+            },
+            ctx=actor.ctx,
         )
+    ]
+    if approved_by is not None:
+        rows.append(
+            audit.AuditRecord(
+                action="withdrawal.approved",
+                actor_id=approved_by.id,
+                actor_type=approved_by.type,
+                target_type="withdrawal",
+                target_id=withdrawal.id,
+                before={"state": WithdrawalState.requested.value},
+                after={
+                    "state": WithdrawalState.approved.value,
+                    "attempt": withdrawal.attempt,
+                    "automatic": True,
+                },
+                ctx=approved_by.ctx,
+            )
+        )
+    await audit.record_many(session, rows)
+
+
+def _column_values(withdrawal: Withdrawal) -> dict[str, Any]:
+    """The columns set on a new, unflushed withdrawal (unset ones take their server default)."""
+    return {
+        column.key: value
+        for column in Withdrawal.__table__.columns
+        if (value := getattr(withdrawal, column.key)) is not None
+    }
