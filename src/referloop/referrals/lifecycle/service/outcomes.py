@@ -396,7 +396,7 @@ async def _process(
 # statements. Receipts are claimed in one statement, every item is matched in one, the matched
 # referrals are locked in id order in one, the moves are decided in Python (`_decide`, a fold over
 # the items of each referral in batch order), and the referral rows, history, outbox events, reward
-# rows and receipts are written one statement each (audit rows: one per move, as the chain needs).
+# rows and receipts are written one statement each (audit rows: one per move, a few hundred per INSERT).
 # Items on a rare path (a referral made from a click, a code sign-up adopting a program, a report
 # that matches several referrals) go through `_process` one at a time after the others; every
 # referral they may touch is kept out of the set path, so the order between the two does not matter.

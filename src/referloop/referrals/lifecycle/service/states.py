@@ -450,6 +450,8 @@ def _row_event_base(referral: MovedReferral) -> dict[str, Any]:
     }
 
 
+_AUDIT_CHUNK = 500
+
 _HISTORY_MANY = """
 INSERT INTO referral_events (id, referral_id, member_id, from_state, to_state, actor_type, actor_id,
                              reason, occurred_at, created_at)
@@ -517,30 +519,33 @@ async def write_moves(
         [m.reason[:500] for m in moves],
         [m.at for m in moves],
     )
-    for m in moves:  # one audit row per move (the audit chain takes them one at a time)
-        if m.noted:
-            await audit.record(
-                session,
-                action="referrals.referral_noted",
-                actor_id=actor.id,
-                actor_type=actor.type.value,
-                target_type="referral",
-                target_id=m.referral.id,
-                after={"state": m.to_state, "reason": m.reason},
-                ctx=ctx,
-            )
-        else:
-            await audit.record(
-                session,
-                action="referrals.referral_state_changed",
-                actor_id=actor.id,
-                actor_type=actor.type.value,
-                target_type="referral",
-                target_id=m.referral.id,
-                before={"state": m.from_state},
-                after={"state": m.to_state, "reason": m.reason, "on_hold": m.held},
-                ctx=ctx,
-            )
+    # One audit row per move, as `transition` and `note` write them, appended a few hundred rows per
+    # INSERT (a statement takes at most 32,767 parameters).
+    records = [
+        audit.AuditRecord(
+            action="referrals.referral_noted",
+            actor_id=actor.id,
+            actor_type=actor.type.value,
+            target_type="referral",
+            target_id=m.referral.id,
+            after={"state": m.to_state, "reason": m.reason},
+            ctx=ctx,
+        )
+        if m.noted
+        else audit.AuditRecord(
+            action="referrals.referral_state_changed",
+            actor_id=actor.id,
+            actor_type=actor.type.value,
+            target_type="referral",
+            target_id=m.referral.id,
+            before={"state": m.from_state},
+            after={"state": m.to_state, "reason": m.reason, "on_hold": m.held},
+            ctx=ctx,
+        )
+        for m in moves
+    ]
+    for start in range(0, len(records), _AUDIT_CHUNK):
+        await audit.record_many(session, records[start : start + _AUDIT_CHUNK])
     changes = [m for m in moves if not m.noted]
     if changes:
         await driver.execute(

@@ -1,6 +1,7 @@
-"""Outcome reports from partners: each item is validated on its own and applied by the lifecycle in a
-savepoint of the request's transaction, so one bad or failing item never undoes the others and never
-fails the batch. The whole batch still commits (or not) as one, together with its Idempotency-Key
+"""Outcome reports from partners: each item is validated on its own; the valid ones are applied by
+the lifecycle set-wise (a constant number of statements per batch, the same results as one at a
+time), and, should that fail, item by item, each in a savepoint of the request's transaction, so one
+bad or failing item never undoes the others and never fails the batch. The whole batch still commits (or not) as one, together with its Idempotency-Key
 record, so a retried batch replays its first answer instead of applying anything twice (and the
 lifecycle is idempotent per item on `(university, external_id, type)` besides)."""
 

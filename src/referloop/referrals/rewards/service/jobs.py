@@ -133,12 +133,14 @@ async def _grant_in_bulk(
                 log.warning("reward_bulk_grant_failed", error=str(exc)[:300])
                 async with rt.db.sessionmaker() as session:
                     ids = await queued_rewards(session, size, referral_ids)
-                done = await _each(rt, ids, lambda s, i: grant.grant(s, i, skip_locked=True), concurrency)
+                done = await _each(rt, ids, lambda s, i: grant.grant(s, i, skip_locked=True), per_lane)
             outcomes.extend(done)
             if len(done) < size:
                 left[0] = 0  # the queue is empty (or the rest is locked by others)
 
-    await asyncio.gather(*(lane() for _ in range(GRANT_LANES)))
+    lanes = max(1, min(GRANT_LANES, concurrency))
+    per_lane = max(1, concurrency // lanes)  # the lanes share the connections the caller allows
+    await asyncio.gather(*(lane() for _ in range(lanes)))
     return outcomes
 
 

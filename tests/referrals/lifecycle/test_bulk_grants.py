@@ -1,0 +1,93 @@
+"""Grants in bulk: a campaign without a total budget keeps no budget row (and a void refunds
+nothing), the staff view still says what was spent, a total set later counts what was paid before,
+and a bulk transaction that fails falls back to one grant per transaction."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from referloop.referrals.rewards.service import bulk
+from referloop.runtime import Runtime
+from tests.referrals.helpers import Admin, sql
+from tests.referrals.lifecycle.helpers import (
+    invite,
+    lead_email,
+    make_catalogue,
+    make_members,
+    report,
+    rewards,
+    run_jobs,
+)
+
+
+async def enrolled(rt: Runtime, cat: Any, referrer: uuid.UUID) -> tuple[uuid.UUID, str]:
+    email = lead_email()
+    referral = await invite(rt, referrer, cat.program_id, email=email)
+    result = await report(rt, cat.university_id, "enrolled", email=email)
+    assert result.status == "applied"
+    return referral, email
+
+
+async def test_no_total_budget_keeps_no_budget_row(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Admin
+) -> None:
+    cat = await make_catalogue(client, admin)
+    referrers = await make_members(runtime, 3)
+    made = [await enrolled(runtime, cat, m) for m in referrers]
+    await run_jobs(runtime)
+    for referral, _ in made:
+        assert [r["status"] for r in await rewards(runtime, referral)] == ["pending"]
+    assert (
+        await sql(runtime, "SELECT * FROM campaign_budgets WHERE campaign_id = :c", c=cat.campaign_id) == []
+    )
+    r = await client.get(f"/v1/staff/campaigns/{cat.campaign_id}/budget", headers=admin.auth)
+    assert r.status_code == 200, r.text
+    assert r.json()["spent"]["amount"] == 300_000 and r.json()["rewards"] == 3
+
+    # A cancelled enrolment voids its reward; with no row there is nothing to refund.
+    await report(runtime, cat.university_id, "enrolment_cancelled", email=made[0][1])
+    await run_jobs(runtime)
+    assert (await rewards(runtime, made[0][0]))[0]["status"] == "voided"
+    assert (
+        await sql(runtime, "SELECT * FROM campaign_budgets WHERE campaign_id = :c", c=cat.campaign_id) == []
+    )
+    r = await client.get(f"/v1/staff/campaigns/{cat.campaign_id}/budget", headers=admin.auth)
+    assert r.json()["spent"]["amount"] == 200_000 and r.json()["rewards"] == 2
+
+    # A total set later counts what was paid before it: room for one more reward of 100,000.
+    r = await client.patch(
+        f"/v1/staff/campaigns/{cat.campaign_id}",
+        json={"budget_total": {"amount": 300_000, "currency": "INR"}},
+        headers=admin.auth,
+    )
+    assert r.status_code == 200, r.text
+    later = [await enrolled(runtime, cat, m) for m in referrers[:2]]
+    await run_jobs(runtime)
+    statuses = sorted([(await rewards(runtime, referral))[0]["status"] for referral, _ in later])
+    assert statuses == ["pending", "skipped"]
+    [row] = await sql(runtime, "SELECT spent FROM campaign_budgets WHERE campaign_id = :c", c=cat.campaign_id)
+    assert row["spent"] == 300_000
+
+
+async def test_a_failed_bulk_transaction_grants_one_by_one(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cat = await make_catalogue(client, admin, budget_total={"amount": 250_000, "currency": "INR"})
+    referrers = await make_members(runtime, 3)
+    made = [await enrolled(runtime, cat, m) for m in referrers]
+    real = bulk.grant_many
+
+    async def racing(*args: Any, **kw: Any) -> Any:
+        await real(*args, **kw)  # writes, then loses the budget race: all of it rolls back
+        raise bulk.BudgetRace("test")
+
+    monkeypatch.setattr(bulk, "grant_many", racing)
+    await run_jobs(runtime)
+    statuses = sorted([(await rewards(runtime, referral))[0]["status"] for referral, _ in made])
+    assert statuses == ["pending", "pending", "skipped"]
+    [row] = await sql(runtime, "SELECT spent FROM campaign_budgets WHERE campaign_id = :c", c=cat.campaign_id)
+    assert row["spent"] == 200_000
