@@ -192,7 +192,9 @@ async def test_finance_resolution_posts_one_adjustment_to_the_wallet(client, run
     again = await client.post(f"/v1/staff/disputes/{dispute['id']}/resolve", json=body, headers=finance.auth)
     assert again.status_code == 409
     wallet = (await client.get("/v1/wallet", headers=member.auth)).json()["balances"]
-    assert wallet == [{"currency": "INR", "pending": 0, "available": 2500, "held": 0, "total": 2500}]
+    assert wallet == [
+        {"currency": "INR", "exponent": 2, "pending": 0, "available": 2500, "held": 0, "total": 2500}
+    ]
     async with runtime.db.sessionmaker() as s:
         assert (await ledger.reconcile(s)).ok
 
@@ -211,5 +213,5 @@ async def test_a_debit_adjustment_never_takes_the_balance_below_zero(client, run
     assert await db_value(runtime, "SELECT state FROM disputes WHERE id = :id", id=dispute["id"]) == "open"
     assert (await client.get("/v1/wallet", headers=member.auth)).json()["balances"] in (
         [],
-        [{"currency": "INR", "pending": 0, "available": 0, "held": 0, "total": 0}],
+        [{"currency": "INR", "exponent": 2, "pending": 0, "available": 0, "held": 0, "total": 0}],
     )
