@@ -6,6 +6,8 @@ database number. Tests make unique data (fresh emails, phones, IPs), so they nev
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import random
 import socket
@@ -22,9 +24,34 @@ from fastapi import FastAPI
 from referloop.app import create_app
 from referloop.cli import run_migrations
 from referloop.config import Environment, Settings
+from referloop.core.security.tokens import generate_private_pem
 from referloop.runtime import Runtime
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+# Tests run as env=test, which refuses to start without its secrets (only development makes its own):
+# each test process generates a signing key and a field-encryption key, handed to every Settings below
+# and exported (see `_secrets_in_environment`) to every `referloop` process a test starts and every Settings()
+# read from the environment, so that they all sign and decrypt alike.
+TEST_JWT_PRIVATE_KEY = generate_private_pem().decode()
+TEST_FIELD_ENCRYPTION_KEYS = f"test1:{base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip('=')}"
+TEST_SECRET_ENV = {
+    "REFERLOOP_JWT_PRIVATE_KEYS": json.dumps([TEST_JWT_PRIVATE_KEY]),
+    "REFERLOOP_FIELD_ENCRYPTION_KEYS": TEST_FIELD_ENCRYPTION_KEYS,
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _secrets_in_environment() -> Iterator[dict[str, str]]:
+    saved = {name: os.environ.get(name) for name in TEST_SECRET_ENV}
+    os.environ.update(TEST_SECRET_ENV)
+    yield TEST_SECRET_ENV
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _reachable(url: str, default_port: int) -> bool:
@@ -120,6 +147,8 @@ def make_settings(database_url: str, redis_url: str, var_dir: Path, **overrides:
         "database_url": database_url,
         "redis_url": redis_url,
         "var_dir": var_dir,
+        "jwt_private_keys": [TEST_JWT_PRIVATE_KEY],
+        "field_encryption_keys": TEST_FIELD_ENCRYPTION_KEYS,
         # Security-only cost lowered for speed; the same Argon2id code path runs.
         "argon2_time_cost": 1,
         "argon2_memory_cost_kib": 64,

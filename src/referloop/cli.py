@@ -222,7 +222,17 @@ def audit_verify() -> None:
 
 
 def main() -> None:
+    from pydantic import ValidationError
+
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except ValidationError as exc:
+        # Settings refused (a missing or placeholder secret outside development): say which, no traceback.
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"])
+            typer.echo(
+                f"referloop: settings refused: {f'{where}: ' if where else ''}{error['msg']}", err=True
+            )
+        sys.exit(2)

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     )
 
     env: Environment = Environment.development
-    """development, test or production. Production refuses to start with a missing secret or service URL."""
+    """development, test or production. Outside development the service refuses to start with a missing or placeholder secret (production also without its service URLs); development generates its keys under `var/keys`."""
     var_dir: Path = Path("var")
     """Where development data lives: embedded PostgreSQL and Redis, generated keys, mail and SMS sinks."""
     public_base_url: str = "http://127.0.0.1:8000"
@@ -312,21 +312,45 @@ class Settings(BaseSettings):
     """Mount the benchmark baseline routes (benchmarks only)."""
 
     @model_validator(mode="after")
-    def _refuse_unsafe_production(self) -> Settings:
+    def _refuse_missing_or_placeholder_secrets(self) -> Settings:
+        """Outside development (test and production alike) every secret is given, none is a
+        placeholder; production also names its services. Only development makes its own keys."""
+        if self.env is Environment.development:
+            return self
+        required: list[tuple[str, object]] = [
+            ("REFERLOOP_JWT_PRIVATE_KEYS", self.jwt_private_keys),
+            ("REFERLOOP_FIELD_ENCRYPTION_KEYS", self.field_encryption_keys.get_secret_value().strip()),
+        ]
         if self.env is Environment.production:
-            missing = [
-                name
-                for name, value in (
-                    ("REFERLOOP_DATABASE_URL", self.database_url),
-                    ("REFERLOOP_REDIS_URL", self.redis_url),
-                    ("REFERLOOP_JWT_PRIVATE_KEYS", self.jwt_private_keys),
-                    ("REFERLOOP_FIELD_ENCRYPTION_KEYS", self.field_encryption_keys.get_secret_value()),
-                )
-                if not value
+            required += [
+                ("REFERLOOP_DATABASE_URL", self.database_url),
+                ("REFERLOOP_REDIS_URL", self.redis_url),
             ]
-            if missing:
-                raise ValueError(f"production refuses to start without {', '.join(missing)}")
+        missing = [name for name, value in required if not value]
+        if missing:
+            raise ValueError(
+                f"env={self.env.value} refuses to start without {', '.join(missing)} "
+                "(only development generates its keys, under var/keys)"
+            )
+        placeholders = [
+            f"REFERLOOP_{name.upper()}" for name, value in self._secret_values() if _is_placeholder(value)
+        ]
+        if placeholders:
+            raise ValueError(
+                f"env={self.env.value} refuses to start: {', '.join(placeholders)} holds a default or "
+                "placeholder value; set a real secret"
+            )
         return self
+
+    def _secret_values(self) -> list[tuple[str, str]]:
+        values: list[tuple[str, str]] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                values.append((name, value.get_secret_value()))
+            elif isinstance(value, list):
+                values += [(name, v.get_secret_value()) for v in value if isinstance(v, SecretStr)]
+        return values
 
     @model_validator(mode="after")
     def _require_payout_credentials(self) -> Settings:
@@ -352,6 +376,22 @@ class Settings(BaseSettings):
     @property
     def is_development(self) -> bool:
         return self.env is Environment.development
+
+
+# Values copied from examples and tutorials rather than generated. A field-encryption key setting is
+# checked per key (`kid:material`), so `k1:changeme` is caught too.
+_PLACEHOLDERS = frozenset(
+    {
+        "changeme", "change-me", "change_me", "changeit", "default", "secret", "password", "example",
+        "test", "dev", "development", "xxx", "todo", "replace-me", "replaceme", "your-secret", "none",
+    }
+)  # fmt: skip
+
+
+def _is_placeholder(value: str) -> bool:
+    """An empty optional secret is not a placeholder; a set one must not be a well-known filler."""
+    parts = [value, *(p.partition(":")[2] for p in value.split(",") if ":" in p)]
+    return any(p.strip().strip("<>").lower() in _PLACEHOLDERS for p in parts if p.strip())
 
 
 @lru_cache

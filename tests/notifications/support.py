@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import json
 import os
 import sys
 import uuid
@@ -93,10 +94,13 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "REFERLOOP_ENV": "test",
         "REFERLOOP_DATABASE_URL": settings.database_url,
         "REFERLOOP_REDIS_URL": settings.redis_url,
-        "REFERLOOP_VAR_DIR": str(Path(settings.var_dir).resolve()),  # same field key: contexts decrypt
+        "REFERLOOP_VAR_DIR": str(Path(settings.var_dir).resolve()),
         "REFERLOOP_LOG_LEVEL": "WARNING",
         "REFERLOOP_OUTBOX_POLL_INTERVAL_SECONDS": "0.1",
         "REFERLOOP_DB_POOL_SIZE": "5",
+        # env=test refuses to start without its secrets; the same keys as the test's own runtime.
+        "REFERLOOP_JWT_PRIVATE_KEYS": json.dumps([k.get_secret_value() for k in settings.jwt_private_keys]),
+        "REFERLOOP_FIELD_ENCRYPTION_KEYS": settings.field_encryption_keys.get_secret_value(),
     }
     env |= {f"REFERLOOP_{k.upper()}": v for k, v in extra.items()}
     return env

@@ -1,0 +1,117 @@
+"""Outside development the service refuses to start with a missing or placeholder secret, and says
+which; development makes its own keys under var/keys and keeps them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from referloop.config import Settings
+from referloop.runtime import Runtime
+from tests.conftest import TEST_FIELD_ENCRYPTION_KEYS, TEST_JWT_PRIVATE_KEY
+
+SECRETS: dict[str, Any] = {
+    "jwt_private_keys": [TEST_JWT_PRIVATE_KEY],
+    "field_encryption_keys": TEST_FIELD_ENCRYPTION_KEYS,
+}
+SERVICES = {"database_url": "postgresql://db.internal/referloop", "redis_url": "redis://cache.internal"}
+
+
+@pytest.fixture(autouse=True)
+def no_secrets_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings also read the environment, where the test run exports its own keys."""
+    for name in list(os.environ):
+        if name.startswith("REFERLOOP_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("env", ["production", "test"])
+@pytest.mark.parametrize(
+    ("missing", "setting"),
+    [
+        ("jwt_private_keys", "REFERLOOP_JWT_PRIVATE_KEYS"),
+        ("field_encryption_keys", "REFERLOOP_FIELD_ENCRYPTION_KEYS"),
+    ],
+)
+def test_a_missing_key_is_refused_by_name(env: str, missing: str, setting: str) -> None:
+    values = {"env": env, **SERVICES, **SECRETS}
+    del values[missing]
+    with pytest.raises(ValidationError, match=f"env={env} refuses to start without {setting}"):
+        Settings.model_validate(values)
+    Settings.model_validate({"env": env, **SERVICES, **SECRETS})  # with both it starts
+
+
+@pytest.mark.parametrize("env", ["production", "test"])
+@pytest.mark.parametrize(
+    ("override", "setting"),
+    [
+        ({"field_encryption_keys": "k1:changeme"}, "REFERLOOP_FIELD_ENCRYPTION_KEYS"),
+        ({"jwt_private_keys": ["secret"]}, "REFERLOOP_JWT_PRIVATE_KEYS"),
+        ({"smtp_password": "changeme"}, "REFERLOOP_SMTP_PASSWORD"),
+        ({"stripe_webhook_secret": "<your-secret>"}, "REFERLOOP_STRIPE_WEBHOOK_SECRET"),
+    ],
+)
+def test_a_default_or_placeholder_secret_is_refused_by_name(
+    env: str, override: dict[str, Any], setting: str
+) -> None:
+    with pytest.raises(ValidationError, match=f"{setting} holds a default or placeholder value"):
+        Settings.model_validate({"env": env, **SERVICES, **SECRETS, **override})
+
+
+def test_production_also_needs_its_services() -> None:
+    with pytest.raises(ValidationError, match="REFERLOOP_DATABASE_URL, REFERLOOP_REDIS_URL"):
+        Settings.model_validate({"env": "production", **SECRETS})
+
+
+def test_the_command_refuses_to_start_and_names_the_setting(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "REFERLOOP_ENV": "production",
+        "REFERLOOP_DATABASE_URL": "postgresql://root@127.0.0.1:1/none",
+        "REFERLOOP_REDIS_URL": "redis://127.0.0.1:1",
+        "REFERLOOP_FIELD_ENCRYPTION_KEYS": TEST_FIELD_ENCRYPTION_KEYS,
+    }
+    for command in (["migrate"], ["worker"], ["serve", "--port", "1"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "referloop", *command],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert "refuses to start without REFERLOOP_JWT_PRIVATE_KEYS" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "var").exists()  # no key was made up in its place
+
+
+async def test_development_generates_its_keys_under_var_keys_and_keeps_them(
+    tmp_path: Path, database_url: str, redis_url: str
+) -> None:
+    settings = Settings.model_validate(
+        {"env": "development", "var_dir": tmp_path, "database_url": database_url, "redis_url": redis_url}
+    )
+    first = Runtime.build(settings)
+    try:
+        keys = tmp_path / "keys"
+        assert sorted(p.name for p in keys.iterdir()) == ["field-key.txt", "jwt-signing-key.pem"]
+        assert all(p.stat().st_mode & 0o077 == 0 for p in keys.iterdir())  # owner only
+        token, _ = first.signer.issue(user_id=uuid.uuid4(), session_id=uuid.uuid4(), role="member", mfa=False)
+        ciphertext = first.cipher.encrypt("+919876543210", context="phone")
+    finally:
+        await first.close()
+    second = Runtime.build(settings)  # a restart: same keys, nothing regenerated
+    try:
+        assert second.cipher.decrypt(ciphertext, context="phone") == "+919876543210"
+        assert second.signer.verify(token).role == "member"  # tokens survive a restart
+    finally:
+        await second.close()
