@@ -59,7 +59,10 @@ async def start_smtp_server() -> tuple[SmtpInbox, asyncio.Server]:
 @dataclass
 class BrokerNamespace:
     """Exchanges and queues under a name of the test's own, deleted afterwards: concurrent test runs
-    on one broker never take each other's messages."""
+    on one broker never take each other's messages. Name every consumer whose queues get declared:
+    a real `referloop worker` declares nine quorum queues for each consumer it knows (`all_consumers()`),
+    and leaked quorum queues pile up until the broker runs out of file handles and stops accepting
+    connections."""
 
     amqp_url: str
     name: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:12]}")
@@ -73,7 +76,8 @@ class BrokerNamespace:
         return settings
 
     async def cleanup(self) -> None:
-        connection = await aio_pika.connect(self.amqp_url)
+        # Bounded: a broker that stops answering must fail this test, not hang the test process.
+        connection = await asyncio.wait_for(aio_pika.connect(self.amqp_url), 30)
         try:
             for settings, consumers in self._used:
                 channel = await connection.channel()
@@ -81,6 +85,13 @@ class BrokerNamespace:
                 await channel.close()
         finally:
             await connection.close()
+
+
+def all_consumers() -> list[str]:
+    """Every consumer a `referloop worker` process runs (and declares queues for)."""
+    from referloop.worker import load_task_modules
+
+    return [c.name for c in load_task_modules().all()]
 
 
 def referloop_command() -> list[str]:

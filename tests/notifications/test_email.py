@@ -24,10 +24,17 @@ from referloop.core.outbox.drain import drain_once
 from referloop.core.outbox.models import InboxRecord, OutboxEvent
 from referloop.notifications import service as notifications
 from referloop.notifications.rendering import UnknownTemplateError, render_email
+from referloop.notifications.tasks import FAULT_AFTER_SEND
 from referloop.runtime import Runtime
 from referloop.worker import load_task_modules
 from tests.factories import latest_code, new_email, new_phone, register_member
-from tests.notifications.support import SmtpInbox, start_worker, worker_env
+from tests.notifications.support import (
+    BrokerNamespace,
+    SmtpInbox,
+    all_consumers,
+    start_worker,
+    worker_env,
+)
 
 CONTEXT = {"display_name": "Asha", "code": "123456", "minutes": 10}
 
@@ -236,11 +243,35 @@ async def test_worker_killed_mid_delivery_sends_the_email_exactly_once(
     await crash_and_restart(runtime, smtp_server, tmp_path, {"amqp_url": ""})
 
 
-async def crash_and_restart(
-    runtime: Runtime, smtp_server: SmtpInbox, tmp_path: Path, env: dict[str, str]
+async def test_worker_killed_mid_delivery_with_a_broker_sends_the_email_exactly_once(
+    runtime: Runtime, smtp_server: SmtpInbox, tmp_path: Path, broker_ns: BrokerNamespace
 ) -> None:
-    """A real worker process dies (exit 137, like kill -9) after taking our email and before recording
-    it as handled; a restarted worker delivers it; the SMTP server got it exactly once."""
+    """The same through RabbitMQ: the unacked message goes back to the queue when the worker dies,
+    the restarted worker takes it again (and the relay may publish it again: the inbox absorbs it)."""
+    broker_ns.settings(runtime.settings, all_consumers())  # the worker declares every consumer's queues
+    await crash_and_restart(
+        runtime, smtp_server, tmp_path, {"amqp_url": broker_ns.amqp_url, "amqp_namespace": broker_ns.name}
+    )
+
+
+async def test_worker_killed_after_the_smtp_send_sends_it_again_with_the_same_message_id(
+    runtime: Runtime, smtp_server: SmtpInbox, tmp_path: Path
+) -> None:
+    """Past the SMTP send the guarantee is at least once: a worker that dies between the relay's
+    "250 OK" and the inbox commit sends the email again after restart, with the same Message-ID."""
+    await crash_and_restart(runtime, smtp_server, tmp_path, {"amqp_url": ""}, fault=FAULT_AFTER_SEND)
+
+
+async def crash_and_restart(
+    runtime: Runtime,
+    smtp_server: SmtpInbox,
+    tmp_path: Path,
+    env: dict[str, str],
+    fault: str = FAULT_BEFORE_HANDLE,
+) -> None:
+    """A real worker process dies (exit 137, like kill -9) at `fault`: after taking our email and
+    before recording it as handled. A restarted worker delivers it. Before the send, the SMTP server
+    gets it exactly once; after it, a second time with the same Message-ID."""
     extra = {"email_backend": "smtp", "smtp_host": "127.0.0.1", "smtp_port": str(smtp_server.port), **env}
     # Deliver what other tests left pending first, so that the first event this worker takes is ours.
     backlog = with_settings(runtime, amqp_url="", var_dir=tmp_path)
@@ -248,19 +279,25 @@ async def crash_and_restart(
         pass
     to = new_email()
     event_id = await queue_email(runtime, to)
+    sent_before_crash = 1 if fault == FAULT_AFTER_SEND else 0
 
-    crashing = await start_worker(worker_env(runtime.settings, fault_inject=FAULT_BEFORE_HANDLE, **extra))
-    _, err = await asyncio.wait_for(crashing.communicate(), 60)
+    crashing = await start_worker(worker_env(runtime.settings, fault_inject=fault, **extra))
+    try:
+        _, err = await asyncio.wait_for(crashing.communicate(), 60)
+    finally:
+        if crashing.returncode is None:  # it never reached the fault: do not leave it running
+            crashing.kill()
+            await crashing.wait()
     assert crashing.returncode == 137, err.decode()
-    assert f"fault injected at {FAULT_BEFORE_HANDLE}" in err.decode()
-    assert smtp_server.to(to) == []
+    assert f"fault injected at {fault}" in err.decode()
+    assert len(smtp_server.to(to)) == sent_before_crash
     async with runtime.db.sessionmaker() as session:
         assert await session.get(InboxRecord, ("notifications.email", event_id)) is None
 
     worker = await start_worker(worker_env(runtime.settings, **extra))
     try:
-        [message] = await smtp_server.wait_for(to, timeout=60)
-        assert message["Message-ID"] == f"<{event_id}@referloop.local>"
+        messages = await smtp_server.wait_for(to, count=sent_before_crash + 1, timeout=60)
+        assert {m["Message-ID"] for m in messages} == {f"<{event_id}@referloop.local>"}
         async with asyncio.timeout(20):
             while True:
                 async with runtime.db.sessionmaker() as session:
@@ -277,4 +314,4 @@ async def crash_and_restart(
         if worker.returncode is None:
             worker.kill()
             await worker.wait()
-    assert len(smtp_server.to(to)) == 1
+    assert len(smtp_server.to(to)) == sent_before_crash + 1

@@ -40,6 +40,8 @@ log = structlog.get_logger(__name__)
 
 ATTEMPT_HEADER = "x-referloop-attempt"
 PUBLISH_TIMEOUT_SECONDS = 10.0
+# Connecting (TCP, AMQP handshake, first channel) must answer within this, else the broker counts as down.
+CONNECT_TIMEOUT_SECONDS = 15.0
 STOP_GRACE_SECONDS = 30.0
 
 

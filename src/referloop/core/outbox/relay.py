@@ -15,7 +15,12 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
-from referloop.core.outbox.broker import PUBLISH_TIMEOUT_SECONDS, Topology, event_message
+from referloop.core.outbox.broker import (
+    CONNECT_TIMEOUT_SECONDS,
+    PUBLISH_TIMEOUT_SECONDS,
+    Topology,
+    event_message,
+)
 from referloop.core.outbox.models import OutboxEvent
 from referloop.core.outbox.service import claim_pending, mark_published, record_failure, short_error
 
@@ -40,17 +45,21 @@ class Relay:
     async def _ready_exchange(self) -> AbstractExchange:
         """A plain (not robust) connection, so that a closed one is plainly closed; we reconnect here."""
         try:
-            if self._connection is None or self._connection.is_closed:
-                self._channel = self._exchange = None
-                self._connection = await aio_pika.connect(
-                    self.rt.settings.amqp_url, timeout=PUBLISH_TIMEOUT_SECONDS
-                )
-            if self._channel is None or self._channel.is_closed or self._exchange is None:
-                self._channel = await self._connection.channel(publisher_confirms=True)
-                # Declared on every new channel: an exchange deleted by mistake comes back by itself.
-                self._exchange = await self.topology.declare_exchange(self._channel)
+            # Bounded as a whole: aio-pika's own connect timeout does not cover the AMQP handshake, and
+            # a broker that accepts the socket but never answers (one out of file handles does that)
+            # would hold the relay forever, silently.
+            return await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT_SECONDS)
         except Exception as exc:
-            raise BrokerUnavailableError(short_error(exc)) from exc
+            raise BrokerUnavailableError(short_error(exc) or type(exc).__name__) from exc
+
+    async def _connect(self) -> AbstractExchange:
+        if self._connection is None or self._connection.is_closed:
+            self._channel = self._exchange = None
+            self._connection = await aio_pika.connect(self.rt.settings.amqp_url)
+        if self._channel is None or self._channel.is_closed or self._exchange is None:
+            self._channel = await self._connection.channel(publisher_confirms=True)
+            # Declared on every new channel: an exchange deleted by mistake comes back by itself.
+            self._exchange = await self.topology.declare_exchange(self._channel)
         return self._exchange
 
     async def _publish(self, exchange: AbstractExchange, event: OutboxEvent) -> None:

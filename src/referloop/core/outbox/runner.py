@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import aio_pika
 import structlog
 
-from referloop.core.outbox.broker import BrokerConsumers
+from referloop.core.outbox.broker import CONNECT_TIMEOUT_SECONDS, BrokerConsumers
 from referloop.core.outbox.consumers import ConsumerRegistry
 from referloop.core.outbox.drain import drain_once
 from referloop.core.outbox.relay import Relay
@@ -62,12 +62,16 @@ async def run_in_process(rt: Runtime, registry: ConsumerRegistry, stop: asyncio.
 
 async def run_with_broker(rt: Runtime, registry: ConsumerRegistry, stop: asyncio.Event) -> None:
     # Consumers use a robust connection: aio-pika reconnects and restores their queues and subscriptions.
-    connection = await aio_pika.connect_robust(rt.settings.amqp_url)
+    # The first connection and the declarations are bounded: a broker that takes the socket but never
+    # answers must end the worker with an error, not leave it running and doing nothing.
+    connection = await asyncio.wait_for(
+        aio_pika.connect_robust(rt.settings.amqp_url), CONNECT_TIMEOUT_SECONDS
+    )
     consumers = BrokerConsumers(rt, connection, registry.all())
     relay = Relay(rt)
     try:
         # Queues first, so that the first events the relay publishes already have somewhere to go.
-        await consumers.start()
+        await asyncio.wait_for(consumers.start(), CONNECT_TIMEOUT_SECONDS * 4)
         log.info("worker relaying the outbox to RabbitMQ", namespace=rt.settings.amqp_namespace)
         await _loop(rt, stop, relay.relay_once, "outbox relay")
     finally:
