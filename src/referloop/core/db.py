@@ -50,28 +50,65 @@ AsyncReadSession = NewType("AsyncReadSession", AsyncSession)
 
 
 class Database:
-    """Owns the engine and hands out sessions. One per process."""
+    """Owns the engines and hands out sessions. One per process.
 
-    def __init__(self, url: str, *, pool_size: int = 20, max_overflow: int = 10, **kwargs: Any) -> None:
+    Two pools: `engine` for write sessions, and `read_engine`, whose connections PostgreSQL itself
+    holds read-only (`default_transaction_read_only=on`), for the read session type of GET routes.
+    A write through a read session fails with "cannot execute ... in a read-only transaction"
+    instead of quietly succeeding, and pointing `read_url` at a replica later changes nothing else."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 20,
+        max_overflow: int = 10,
+        read_url: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        server_settings = {"application_name": "referloop", "timezone": "UTC"}
         self.engine: AsyncEngine = create_async_engine(
             url,
             pool_size=pool_size,
             max_overflow=max_overflow,
             pool_pre_ping=False,
-            connect_args={"server_settings": {"application_name": "referloop", "timezone": "UTC"}},
+            connect_args={"server_settings": server_settings},
             **kwargs,
         )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
         # Reads run in autocommit: each SELECT is one round trip instead of BEGIN, SELECT, ROLLBACK.
-        # A read route that needs one snapshot across several queries opens its own transaction.
-        self.read_sessionmaker = async_sessionmaker(
-            self.engine.execution_options(isolation_level="AUTOCOMMIT"),
-            expire_on_commit=False,
-            autoflush=False,
+        # A read route that needs one snapshot across several queries opens its own transaction
+        # (read-only too: the setting is the connection's default for every transaction).
+        self.read_engine: AsyncEngine = create_async_engine(
+            read_url or url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_pre_ping=False,
+            isolation_level="AUTOCOMMIT",
+            connect_args={
+                "server_settings": {
+                    **server_settings,
+                    "application_name": "referloop-read",
+                    "default_transaction_read_only": "on",
+                }
+            },
+            **kwargs,
         )
+        _share_events(self.read_engine, self.engine)
+        self.read_sessionmaker = async_sessionmaker(self.read_engine, expire_on_commit=False, autoflush=False)
 
     async def dispose(self) -> None:
+        await self.read_engine.dispose()
         await self.engine.dispose()
+
+
+def _share_events(child: AsyncEngine, parent: AsyncEngine) -> None:
+    """Statement listeners attached to `parent`, now or later (tracing instruments `Database.engine`),
+    hear `child`'s statements too: what SQLAlchemy does for an engine made by `execution_options()`,
+    which shares its parent's pool and so cannot be read-only on its own."""
+    sync_child, sync_parent = child.sync_engine, parent.sync_engine
+    sync_child.dispatch = sync_child.dispatch._join(sync_parent.dispatch)
+    sync_child._has_events = True  # listeners may arrive after the engine's connections exist
 
 
 def to_asyncpg_url(url: str) -> str:
