@@ -343,7 +343,7 @@ async def _lost(
     )
     if not same or transfer.final_entry_id is None:
         raise PendingTransferFinal(
-            f"This pending transfer is already {transfer.status}.", status=transfer.status
+            f"This pending transfer is already {transfer.status}.", transfer_status=transfer.status
         )
     entry = await session.get(JournalEntry, transfer.final_entry_id)
     assert entry is not None
