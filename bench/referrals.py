@@ -413,9 +413,11 @@ def bench_runtime(database_url: str, redis_url: str, var_dir: Path) -> Any:
     from referloop.config import Environment, Settings
     from referloop.runtime import Runtime
 
+    # Development: the flush and rollup need no signing or field keys, and only development makes
+    # its own (every other env refuses to start without them).
     settings = Settings.model_validate(
         {
-            "env": Environment.test,
+            "env": Environment.development,
             "database_url": database_url,
             "redis_url": redis_url,
             "var_dir": var_dir,
