@@ -155,6 +155,7 @@ def make_settings(database_url: str, redis_url: str, var_dir: Path, **overrides:
         "argon2_parallelism": 1,
         "trusted_proxy_count": 1,  # tests choose their client IP through X-Forwarded-For
         "db_pool_size": 10,
+        "db_read_pool_size": 10,
         "access_log": False,
         "log_level": "WARNING",
     }

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     """Database connections each process keeps open."""
     db_max_overflow: int = Field(default=0, ge=0, le=500)
     """Extra connections allowed beyond the pool under bursts (closed after use; 0 makes bursts wait)."""
+    db_read_pool_size: int = Field(default=20, ge=1, le=500)
+    """Read-only connections each process keeps for GET routes (a pool of its own, held read-only by
+    PostgreSQL). A process opens up to db_pool_size + db_read_pool_size connections."""
+    db_read_url: str = ""
+    """PostgreSQL URL for the read session type (a streaming replica). Empty: the primary."""
 
     # Tokens. PEM-encoded Ed25519 private keys; the first signs, all are published and accepted.
     jwt_private_keys: list[SecretStr] = Field(default_factory=list)

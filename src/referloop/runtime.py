@@ -58,6 +58,8 @@ class Runtime:
                 to_asyncpg_url(settings.database_url),
                 pool_size=settings.db_pool_size,
                 max_overflow=settings.db_max_overflow,
+                read_pool_size=settings.db_read_pool_size,
+                read_url=to_asyncpg_url(settings.db_read_url) if settings.db_read_url else None,
             ),
             redis=create_redis(settings.redis_url),
             signer=TokenSigner(

@@ -194,8 +194,11 @@ class TestMetrics:
                 await session.commit()
 
     async def test_db_pool_use(self, client: httpx.AsyncClient, runtime: Runtime) -> None:
-        async with runtime.db.engine.connect() as held:
+        async with runtime.db.engine.connect() as held, runtime.db.read_engine.connect() as read:
             await held.exec_driver_sql("SELECT 1")
+            await read.exec_driver_sql("SELECT 1")
             text = (await client.get("/metrics")).text
-            assert (value(text, "referloop_db_pool_connections_in_use") or 0) >= 1
-        assert value(text, "referloop_db_pool_size") == runtime.settings.db_pool_size
+            assert (value(text, "referloop_db_pool_connections_in_use", pool="write") or 0) >= 1
+            assert (value(text, "referloop_db_pool_connections_in_use", pool="read") or 0) >= 1
+        assert value(text, "referloop_db_pool_size", pool="write") == runtime.settings.db_pool_size
+        assert value(text, "referloop_db_pool_size", pool="read") == runtime.settings.db_read_pool_size

@@ -63,6 +63,7 @@ class Database:
         *,
         pool_size: int = 20,
         max_overflow: int = 10,
+        read_pool_size: int | None = None,
         read_url: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -81,7 +82,7 @@ class Database:
         # (read-only too: the setting is the connection's default for every transaction).
         self.read_engine: AsyncEngine = create_async_engine(
             read_url or url,
-            pool_size=pool_size,
+            pool_size=read_pool_size or pool_size,
             max_overflow=max_overflow,
             pool_pre_ping=False,
             isolation_level="AUTOCOMMIT",

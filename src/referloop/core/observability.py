@@ -89,11 +89,15 @@ class Metrics:
         )
         self.db_pool_in_use = Gauge(
             "referloop_db_pool_connections_in_use",
-            "Database connections checked out",
+            "Database connections checked out, per pool (write, read)",
+            ["pool"],
             registry=self.registry,
         )
         self.db_pool_size = Gauge(
-            "referloop_db_pool_size", "Database connections held by the pool", registry=self.registry
+            "referloop_db_pool_size",
+            "Database connections held by each pool (write, read)",
+            ["pool"],
+            registry=self.registry,
         )
 
 

@@ -118,9 +118,10 @@ async def metrics(rt: RuntimeDep) -> Response:
         m.outbox_dead.set(stats.dead)
     except Exception:  # noqa: S110 - metrics must answer even while the database is down
         pass
-    pool: Any = rt.db.engine.pool
-    m.db_pool_in_use.set(pool.checkedout())
-    m.db_pool_size.set(pool.size())
+    for name, engine in (("write", rt.db.engine), ("read", rt.db.read_engine)):
+        pool: Any = engine.pool
+        m.db_pool_in_use.labels(name).set(pool.checkedout())
+        m.db_pool_size.labels(name).set(pool.size())
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 
