@@ -280,6 +280,33 @@ class TestOnboarding:
             "payout_method.activated",
         ]
 
+    async def test_restricted_after_approval_fails_the_withdrawal_and_releases_the_money(
+        self, stp: Setup
+    ) -> None:
+        member = await stp.member(usd=5_000)
+        method, account = await stp.added(member)
+        stp.fake.complete_onboarding(account)
+        assert (await stp.deliver(*stp.fake.webhook(account)[:2])).status_code == 200
+        await db_rows(
+            stp.rt,
+            "UPDATE payout_methods SET usable_from = now() - interval '1 second' WHERE id = :m",
+            m=method["id"],
+        )
+        w = await request_withdrawal(stp.client, member, method["id"], 1_000, "USD")
+        assert w.status_code == 201, w.text
+        assert await balance(stp.rt, member.id, "USD") == ledger.MemberBalance("USD", 0, 4_000, 1_000)
+
+        # Stripe pauses the account before the worker sends the payout.
+        stp.fake.restrict(account)
+        assert (await stp.deliver(*stp.fake.webhook(account)[:2])).status_code == 200
+        await run_submissions(stp.rt, w.json()["id"])
+
+        shown = (await stp.client.get(f"/v1/withdrawals/{w.json()['id']}", headers=member.auth)).json()
+        assert shown["state"] == "failed", shown
+        assert not [t for t in stp.fake.transfers.values() if t["transfer_group"] == w.json()["id"]]
+        assert await balance(stp.rt, member.id, "USD") == ledger.MemberBalance("USD", 0, 5_000, 0)
+        await assert_reconciles(stp.rt)
+
 
 class TestWebhooks:
     async def test_forged_or_unsigned_account_updates_change_nothing(self, stp: Setup) -> None:

@@ -67,6 +67,10 @@ async def build_request(session: AsyncSession, rt: Runtime, w: Withdrawal) -> Pa
         method = await methods.get_method(session, w.member_id, w.payout_method_id)
     except NotFound as exc:
         raise CannotPay("The payout method was removed before the payout was sent.") from exc
+    except methods.PayoutMethodNotActive as exc:
+        # E.g. Stripe restricted the account after the withdrawal was approved. Retrying would wait
+        # on the member, not on us: fail it (the amount goes back to available) and say why.
+        raise CannotPay(exc.detail) from exc
     details = methods.decrypt_details(rt, method)
     try:
         destination = _DESTINATION.validate_python(details)
