@@ -112,6 +112,59 @@ def _share_events(child: AsyncEngine, parent: AsyncEngine) -> None:
     sync_child._has_events = True  # listeners may arrive after the engine's connections exist
 
 
+# Set by `observability.configure_tracing` when spans are recorded: statements sent on the raw
+# driver (below) get a client span each, as SQLAlchemy's own statements do.
+_raw_tracer: Any = None
+
+
+def trace_raw_statements(tracer: Any) -> None:
+    global _raw_tracer
+    _raw_tracer = tracer
+
+
+class _TracedDriver:
+    """The asyncpg connection, with one client span per statement."""
+
+    def __init__(self, driver: Any, tracer: Any) -> None:
+        self._driver = driver
+        self._tracer = tracer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._driver, name)
+
+    async def _run(self, method: str, query: str, *args: Any, **kwargs: Any) -> Any:
+        from opentelemetry.trace import SpanKind
+
+        verb = (query.split(None, 1) or ["SQL"])[0].upper()
+        attributes = {"db.system": "postgresql", "db.statement": query}
+        with self._tracer.start_as_current_span(verb, kind=SpanKind.CLIENT, attributes=attributes):
+            return await getattr(self._driver, method)(query, *args, **kwargs)
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._run("execute", query, *args, **kwargs)
+
+    async def executemany(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._run("executemany", query, *args, **kwargs)
+
+    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._run("fetch", query, *args, **kwargs)
+
+    async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._run("fetchrow", query, *args, **kwargs)
+
+    async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._run("fetchval", query, *args, **kwargs)
+
+
+async def raw_connection(session: AsyncSession) -> Any:
+    """The asyncpg connection under a session, inside the session's transaction. For hot statements
+    only: SQLAlchemy's parameter and result processing would double their client cost."""
+    connection = await session.connection()
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    return driver if _raw_tracer is None else _TracedDriver(driver, _raw_tracer)
+
+
 def to_asyncpg_url(url: str) -> str:
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from referloop.core.context import request_id_var
+from referloop.core.db import trace_raw_statements
 
 
 def _add_request_id(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -131,6 +132,7 @@ def configure_tracing(app: Any, engine: AsyncEngine, service_name: str, otlp_end
         exclude_spans=["receive", "send"],
     )
     _trace_engine(engine, provider)
+    trace_raw_statements(trace.get_tracer("referloop.db", tracer_provider=provider))
     redis_instrumentor = RedisInstrumentor()
     if not redis_instrumentor.is_instrumented_by_opentelemetry:
         redis_instrumentor.instrument(tracer_provider=provider)

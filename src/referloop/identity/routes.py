@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Request, status
+from fastapi import APIRouter, Header, Request, Response, status
 
 from referloop.core.deps import ContextDep, ReadSession, RuntimeDep, WriteSession
 from referloop.core.errors import NotFound, problem_responses
@@ -254,8 +254,10 @@ async def totp_confirm(
 
 
 @router.get("/me", response_model=MeOut, responses=problem_responses(401, 404))
-async def get_me(principal: CurrentMember, session: ReadSession) -> MeOut:
-    return me_out(await accounts.get_user(session, principal.user_id))
+async def get_me(principal: CurrentMember, session: ReadSession) -> Response:
+    # Validated once here and sent as is: FastAPI would validate and serialize the model again.
+    me = MeOut.model_validate(await accounts.get_profile(session, principal.user_id))
+    return Response(me.model_dump_json(), media_type="application/json")
 
 
 @router.patch("/me", response_model=MeOut, responses=problem_responses(401, 404, 422))

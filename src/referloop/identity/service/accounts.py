@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.compliance import audit
 from referloop.core.context import RequestContext
-from referloop.core.db import utcnow
+from referloop.core.db import raw_connection, utcnow
 from referloop.core.errors import NotFound
 from referloop.core.ids import uuid7
 from referloop.core.outbox import enqueue
@@ -200,6 +200,25 @@ async def login(session: AsyncSession, rt: Runtime, data: LoginRequest, ctx: Req
         ctx=ctx,
     )
     return await sessions.start_session(session, rt, user, ctx, mfa=mfa, device_name=data.device_name)
+
+
+# What a member sees of their own account (GET /v1/me), read in one statement without the ORM: the
+# route every app screen calls first (bench/identity.py measures it).
+_PROFILE = """
+SELECT id, email, phone, display_name, role, referral_code, locale, country, timezone,
+       preferred_currency, kyc_status, level, created_at,
+       email_verified_at IS NOT NULL AS email_verified, phone_verified_at IS NOT NULL AS phone_verified,
+       totp_enabled_at IS NOT NULL AS totp_enabled
+FROM users WHERE id = $1 AND deleted_at IS NULL
+"""
+
+
+async def get_profile(session: AsyncSession, user_id: uuid.UUID) -> dict[str, Any]:
+    """The member's own profile fields (those of MeOut); NotFound for a deleted account."""
+    row = await (await raw_connection(session)).fetchrow(_PROFILE, user_id)
+    if row is None:
+        raise NotFound("No such account.")
+    return dict(row)
 
 
 async def get_user(session: AsyncSession, user_id: uuid.UUID, *, for_update: bool = False) -> User:

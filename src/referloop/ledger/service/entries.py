@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from referloop.core.db import raw_connection
 from referloop.core.ids import uuid7
 from referloop.ledger.currencies import MAX_AMOUNT, get_currency
 from referloop.ledger.errors import (
@@ -349,9 +350,7 @@ async def _run(
 ) -> tuple[PostedEntry, dict[tuple[AccountRef, str], uuid.UUID]]:
     """Run the guarded statement once and say what its outcome means."""
     d_ids = sorted(deltas)
-    connection = await session.connection()
-    driver = (await connection.get_raw_connection()).driver_connection
-    assert driver is not None
+    driver = await raw_connection(session)
     record = await driver.fetchrow(
         _APPLY,
         d_ids,

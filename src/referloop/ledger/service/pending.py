@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from referloop.core.db import utcnow
+from referloop.core.db import raw_connection, utcnow
 from referloop.core.ids import uuid7
 from referloop.ledger.errors import (
     AmountAbovePending,
@@ -570,8 +570,7 @@ async def earn_pending_many(session: AsyncSession, earnings: Sequence[Earning]) 
         )
     rows = {r.id: r for p in prepared for r in (p.source_row, p.wallet_row)}
     await create_accounts(session, rows.values())
-    driver = (await (await session.connection()).get_raw_connection()).driver_connection
-    assert driver is not None
+    driver = await raw_connection(session)
 
     inserted = {
         r["id"]: r["created_at"]

@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.compliance import audit
 from referloop.core.context import RequestContext
-from referloop.core.db import utcnow
+from referloop.core.db import raw_connection, utcnow
 from referloop.core.errors import NotFound
 from referloop.ledger import is_currency
 from referloop.referrals.lifecycle.models import (
@@ -598,8 +598,7 @@ async def apply_partner_outcomes(
         raise BatchFallback("one university per batch")
     actor = states.Actor(ActorType.partner, actor_id)
     now = utcnow()
-    driver = (await (await session.connection()).get_raw_connection()).driver_connection
-    assert driver is not None
+    driver = await raw_connection(session)
     results: list[OutcomeResult | None] = [None] * len(reports)
 
     # Refusals, then one claimant per key; later copies of a key answer after their first.

@@ -31,7 +31,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from referloop.compliance import audit
 from referloop.core.context import RequestContext
-from referloop.core.db import utcnow
+from referloop.core.db import raw_connection, utcnow
 from referloop.core.ids import uuid7
 from referloop.core.outbox import enqueue
 from referloop.referrals.lifecycle.errors import IllegalReferralTransition, ReferralNotFound
@@ -504,8 +504,7 @@ async def write_moves(
     (in order), for referral rows the caller has already updated."""
     if not moves:
         return
-    driver = (await (await session.connection()).get_raw_connection()).driver_connection
-    assert driver is not None
+    driver = await raw_connection(session)
     await driver.execute(
         _HISTORY_MANY,
         actor.type.value,

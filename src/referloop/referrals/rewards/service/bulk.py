@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop import ledger
-from referloop.core.db import utcnow
+from referloop.core.db import raw_connection, utcnow
 from referloop.core.ids import uuid7
 from referloop.referrals.lifecycle.models import Referral, ReferralState
 from referloop.referrals.models import Campaign, Program
@@ -161,8 +161,7 @@ async def grant_many(
             start = budget.period_start(period, reward.reached_at, campaign.starts_at)
             wanted.add((campaign.id, reward.referrer_id, counter, start))
     values: dict[CounterKey, int] = {}
-    driver = (await (await session.connection()).get_raw_connection()).driver_connection
-    assert driver is not None
+    driver = await raw_connection(session)
     if wanted:
         keys = sorted(wanted)
         columns = [list(col) for col in zip(*keys, strict=True)]
