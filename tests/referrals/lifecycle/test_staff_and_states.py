@@ -211,7 +211,9 @@ class TestPartnerScope:
         assert (first.status, again.status) == ("applied", "duplicate")
         assert again.referral_id == referral and again.state == "applied"
         history = await sql(
-            runtime, "SELECT to_state FROM referral_events WHERE referral_id = :r", r=referral
+            runtime,
+            "SELECT to_state FROM referral_events WHERE referral_id = :r ORDER BY created_at, id",
+            r=referral,
         )
         assert [h["to_state"] for h in history] == ["invited", "applied"]
         refused = await report(
