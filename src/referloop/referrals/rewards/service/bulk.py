@@ -47,7 +47,7 @@ from referloop.referrals.rewards.models import (
     SkipReason,
 )
 from referloop.referrals.rewards.service import budget, events
-from referloop.referrals.rewards.service.grant import compute_amount, release_moment
+from referloop.referrals.rewards.service.grant import cap_checks, compute_amount, release_moment
 
 
 class BudgetRace(Exception):
@@ -227,7 +227,7 @@ async def grant_many(
                 continue
         refused = None
         charges: list[tuple[CounterKey, int, dict[str, Any]]] = []
-        for counter, period, delta, cap, reason in _caps(reward, rule, campaign, amount):
+        for counter, period, delta, cap, reason in cap_checks(reward, rule, campaign, amount):
             start = budget.period_start(period, reward.reached_at, campaign.starts_at)
             key = (campaign.id, reward.referrer_id, counter, start)
             if delta > cap or values[key] + delta > cap:
@@ -323,32 +323,8 @@ def _counters(reward: Reward, rule: RewardRule, campaign: Campaign) -> list[tupl
     ):
         period = rule.period or "month"
         out.append((f"enrolments:{period}", period))
-    out.extend((counter, period) for counter, period, _, _, _ in _caps(reward, rule, campaign, 0))
+    out.extend((counter, period) for counter, period, _, _, _ in cap_checks(reward, rule, campaign, 0))
     return out
-
-
-def _caps(
-    reward: Reward, rule: RewardRule, campaign: Campaign, amount: int
-) -> list[tuple[str, str, int, int, SkipReason]]:
-    """The referrer's caps, as `grant._charge_counters` checks them (in the same order)."""
-    checks: list[tuple[str, str, int, int, SkipReason]] = []
-    if rule.max_per_referrer is not None and rule.period:
-        checks.append((f"rule:{rule.id}", rule.period, 1, rule.max_per_referrer, SkipReason.rule_cap_reached))
-    if (
-        reward.role == RewardRole.referrer.value
-        and campaign.per_referrer_amount is not None
-        and campaign.per_referrer_period
-    ):
-        checks.append(
-            (
-                f"spend:{campaign.per_referrer_period}",
-                campaign.per_referrer_period,
-                amount,
-                campaign.per_referrer_amount,
-                SkipReason.referrer_cap_reached,
-            )
-        )
-    return sorted(checks)
 
 
 def _event(d: _Decision, at: datetime) -> dict[str, Any]:

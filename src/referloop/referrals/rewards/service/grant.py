@@ -147,15 +147,11 @@ def _fee(referral: Referral, program_fee: tuple[int | None, str | None]) -> tupl
     return program_fee
 
 
-async def _charge_counters(
-    session: AsyncSession,
-    reward: Reward,
-    rule: RewardRule,
-    campaign: Campaign,
-    amount: int,
-) -> tuple[list[dict[str, Any]], SkipReason | None]:
-    """The referrer's caps: the rule's count per period, the campaign's amount per period."""
-    charged: list[dict[str, Any]] = []
+def cap_checks(
+    reward: Reward, rule: RewardRule, campaign: Campaign, amount: int
+) -> list[tuple[str, str, int, int, SkipReason]]:
+    """The referrer's caps that a grant of `amount` charges: (counter, period, delta, limit, reason)
+    for the rule's count per period and the campaign's amount per period. One grant or a bulk batch."""
     checks: list[tuple[str, str, int, int, SkipReason]] = []
     if rule.max_per_referrer is not None and rule.period:
         checks.append((f"rule:{rule.id}", rule.period, 1, rule.max_per_referrer, SkipReason.rule_cap_reached))
@@ -173,6 +169,19 @@ async def _charge_counters(
                 SkipReason.referrer_cap_reached,
             )
         )
+    return checks
+
+
+async def _charge_counters(
+    session: AsyncSession,
+    reward: Reward,
+    rule: RewardRule,
+    campaign: Campaign,
+    amount: int,
+) -> tuple[list[dict[str, Any]], SkipReason | None]:
+    """The referrer's caps: the rule's count per period, the campaign's amount per period."""
+    charged: list[dict[str, Any]] = []
+    checks = cap_checks(reward, rule, campaign, amount)
     for counter, period, delta, limit, reason in sorted(checks):  # a fixed lock order
         start = budget.period_start(period, reward.reached_at, campaign.starts_at)
         value = await budget.bump_counter(
