@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event, insert, select, text, tuple_
+from sqlalchemy import Table, event, insert, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -97,6 +97,10 @@ def _forget_on_commit(session: Session) -> None:
     # The lock ends with the transaction: the next transaction of this session must take one again.
     session.info.pop(_HEAD_KEY, None)
     session.info.pop(_HINT_KEY, None)
+
+
+assert isinstance(AuditEntry.__table__, Table)
+_INSERT_ROWS = insert(AuditEntry.__table__)
 
 
 def _chain_order() -> list[int]:
@@ -191,7 +195,9 @@ async def record_many(session: AsyncSession, entries: Sequence[AuditRecord]) -> 
         row["row_hash"] = prev_hash = _row_digest(prev_hash, _hashed_fields(row))
         rows.append(row)
         seq += 1
-    await session.execute(insert(AuditEntry).values(rows))
+    # The table's INSERT with the rows as parameters: one compiled statement, cached, whatever the
+    # number of rows (a multi-row VALUES is never cached, so it was compiled on every call).
+    await session.execute(_INSERT_ROWS, rows)
     session.info[_HEAD_KEY] = (chain, seq, prev_hash)
 
 

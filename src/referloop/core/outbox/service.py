@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Insert, func, insert, select, update
+from sqlalchemy import ARRAY, Insert, Table, Text, bindparam, cast, func, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.config import Settings
@@ -17,6 +19,28 @@ from referloop.core.ids import uuid7
 from referloop.core.outbox.models import OutboxEvent
 
 _ERROR_MAX_CHARS = 2000
+
+
+def _unnest(name: str, column: Any) -> Any:
+    return func.unnest(cast(bindparam(name), ARRAY(column.type)))
+
+
+_OUTBOX = OutboxEvent.__table__
+assert isinstance(_OUTBOX, Table)
+# The events as arrays, one row per element: one statement shape whatever the number of events, so
+# SQLAlchemy compiles it once (a multi-row VALUES is never cached: it was compiled on every call).
+_INSERT_EVENTS = insert(_OUTBOX).from_select(
+    ["id", "topic", "payload", "created_at", "available_at", "attempts"],
+    select(
+        _unnest("outbox_ids", _OUTBOX.c.id),
+        _unnest("outbox_topics", _OUTBOX.c.topic),
+        cast(func.unnest(cast(bindparam("outbox_payloads"), ARRAY(Text))), JSONB),
+        _unnest("outbox_times", _OUTBOX.c.created_at).label("created_at"),
+        _unnest("outbox_times", _OUTBOX.c.available_at).label("available_at"),
+        literal(0),
+    ),
+    include_defaults=False,
+)
 
 
 async def enqueue(session: AsyncSession, topic: str, payload: dict[str, Any]) -> uuid.UUID:
@@ -46,23 +70,17 @@ async def enqueue_many(
     # statement that carries a CTE. A microsecond apart, so that the relay (which claims by
     # available_at) sees them in the order given, as when each had an INSERT of its own.
     now = utcnow()
-    rows = []
-    for n, (event_id, (topic, payload)) in enumerate(zip(ids, events, strict=True)):
-        at = now + timedelta(microseconds=n)
-        rows.append(
-            {
-                "id": event_id,
-                "topic": topic,
-                "payload": payload,
-                "created_at": at,
-                "available_at": at,
-                "attempts": 0,
-            }
-        )
-    stmt = insert(OutboxEvent).values(rows)
+    times = [now + timedelta(microseconds=n) for n in range(len(events))]
+    params = {
+        "outbox_ids": ids,
+        "outbox_topics": [topic for topic, _ in events],
+        "outbox_payloads": [json.dumps(payload) for _, payload in events],
+        "outbox_times": times,
+    }
+    stmt = _INSERT_EVENTS
     if with_write is not None:
         stmt = stmt.add_cte(with_write.cte("caller_write"))
-    await session.execute(stmt)
+    await session.execute(stmt, params)
     return ids
 
 
