@@ -37,6 +37,8 @@ NOT_ON_THE_READ_SESSION: dict[str, str] = {
     # (CurrentPartner takes the write session), so reading through a second, read-only session would
     # only cost a second connection.
     "/partner/v1/me": "partner calls are audited (CurrentPartner)",
+    "/partner/v1/referrals": "partner calls are audited (CurrentPartner)",
+    "/partner/v1/referrals/{referral_id}": "partner calls are audited (CurrentPartner)",
     "/partner/v1/webhook-endpoints": "partner calls are audited (CurrentPartner)",
     "/partner/v1/webhook-endpoints/{endpoint_id}": "partner calls are audited (CurrentPartner)",
     "/partner/v1/webhook-endpoints/{endpoint_id}/deliveries": "partner calls are audited (CurrentPartner)",

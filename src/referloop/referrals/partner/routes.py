@@ -1,14 +1,16 @@
-"""Partner API (`/partner/v1`): outcome batches and files. Authenticated by API key, rate-limited per
-key, every call audited (see deps.py)."""
+"""Partner API (`/partner/v1`): outcome batches and files, referral look-ups. Authenticated by API
+key, rate-limited per key, every call audited (see deps.py)."""
 
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import AwareDatetime
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from referloop.core.deps import ContextDep, RuntimeDep, WriteSession
@@ -19,6 +21,8 @@ from referloop.core.idempotency import (
     request_fingerprint,
     run_idempotent,
 )
+from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from referloop.referrals.lifecycle.models import ReferralState
 from referloop.referrals.partner.deps import CurrentPartner, note_call
 from referloop.referrals.partner.errors import CsvRefused, PayloadTooLarge, UnsupportedMediaType
 from referloop.referrals.partner.schemas import (
@@ -26,7 +30,10 @@ from referloop.referrals.partner.schemas import (
     OutcomeBatch,
     OutcomeBatchResult,
     PartnerMe,
+    PartnerReferralDetail,
+    PartnerReferralOut,
 )
+from referloop.referrals.partner.service import lookup
 from referloop.referrals.partner.service.csv_files import COLUMNS, parse_outcomes_csv, report_csv
 from referloop.referrals.partner.service.keys import PartnerPrincipal
 from referloop.referrals.partner.service.outcomes import report_outcomes
@@ -34,6 +41,8 @@ from referloop.referrals.partner.service.outcomes import report_outcomes
 router = APIRouter(prefix="/partner/v1", tags=["partner"], responses=problem_responses(401, 429))
 
 IdempotencyKey = Annotated[str, Depends(idempotency_key_header)]
+Cursor = Annotated[str | None, Query(max_length=300, pattern=r"^[A-Za-z0-9_-]+$")]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 _MULTIPART_OVERHEAD = 64 * 1024
 
 
@@ -52,6 +61,53 @@ async def me(partner: CurrentPartner) -> PartnerMe:
         rate_limit=partner.rate_limit,
         expires_at=partner.expires_at,
     )
+
+
+# GET routes take the write session: CurrentPartner audits every call in the request's transaction.
+@router.get("/referrals", response_model=Page[PartnerReferralOut], responses=problem_responses(422))
+async def list_referrals(
+    request: Request,
+    partner: CurrentPartner,
+    session: WriteSession,
+    state: ReferralState | None = None,
+    program_id: Annotated[uuid.UUID | None, Query(description="One of your programs")] = None,
+    updated_since: Annotated[
+        AwareDatetime | None,
+        Query(description="Changed at or after (RFC 3339 with a time zone), to sync what changed"),
+    ] = None,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_LIMIT,
+) -> Page[PartnerReferralOut]:
+    """Referrals to your university's programs, most recently changed first. To sync changes, keep
+    the `updated_at` of the first item of your last sync and pass it (less a minute, for changes
+    still committing then) as `updated_since`; a referral seen twice is harmless. The referee is
+    shown as first name and initial only."""
+    filters = lookup.PartnerReferralFilters(state=state, program_id=program_id, updated_since=updated_since)
+    items, next_cursor = await lookup.list_referrals(session, partner, filters, cursor=cursor, limit=limit)
+    note_call(
+        request,
+        "partner.referrals_listed",
+        details={
+            "state": state.value if state else None,
+            "program_id": str(program_id) if program_id else None,
+            "updated_since": updated_since.isoformat() if updated_since else None,
+            "items": len(items),
+        },
+    )
+    return Page[PartnerReferralOut](items=items, next_cursor=next_cursor)
+
+
+@router.get(
+    "/referrals/{referral_id}", response_model=PartnerReferralDetail, responses=problem_responses(404, 422)
+)
+async def get_referral(
+    referral_id: uuid.UUID, request: Request, partner: CurrentPartner, session: WriteSession
+) -> PartnerReferralDetail:
+    """One referral to one of your university's programs, with its timeline (each state change,
+    when, and by whom: member, staff, partner or system). Any other id answers 404."""
+    result = await lookup.get_referral(session, partner, referral_id)
+    note_call(request, "partner.referral_viewed", target_type="referral", target_id=referral_id)
+    return result
 
 
 @router.post(

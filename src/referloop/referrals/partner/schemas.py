@@ -21,6 +21,8 @@ from pydantic import (
 
 from referloop.core.errors import FieldError
 from referloop.core.validation import Email, Phone, StrictModel
+from referloop.referrals.lifecycle.models import ActorType, ReferralState
+from referloop.referrals.lifecycle.schemas import RefereeOut
 
 MAX_BATCH_ITEMS = 1000
 OUTCOME_TYPES = (
@@ -232,6 +234,75 @@ class OutcomeBatchResult(BaseModel):
     received: int
     counts: dict[str, int] = Field(description="Items per status")
     items: list[OutcomeItemResult]
+
+
+# -- referral lookup ------------------------------------------------------------------------------
+
+_REFERRAL_EXAMPLE: dict[str, Any] = {
+    "id": "0193a1b2-0000-7000-8000-0000000000aa",
+    "program_id": "0193a1b2-0000-7000-8000-000000000010",
+    "state": "applied",
+    "referee": {"name": "Asha K.", "registered": True},
+    "state_changed_at": "2027-03-01T09:30:00Z",
+    "created_at": "2027-02-20T14:05:00Z",
+    "updated_at": "2027-03-01T09:30:02Z",
+}
+
+
+class PartnerTimelineItem(BaseModel):
+    from_state: ReferralState | None = Field(description="Null for the referral's creation")
+    to_state: ReferralState
+    actor: ActorType = Field(description="Who made the change: member, staff, partner or system")
+    occurred_at: datetime
+
+
+class PartnerReferralOut(BaseModel):
+    """A referral to one of your university's programs. The referee is shown as first name and
+    initial only, as to the referrer; match them by your own outcome reports, never by this."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_REFERRAL_EXAMPLE]})
+
+    id: uuid.UUID
+    program_id: uuid.UUID
+    state: ReferralState
+    referee: RefereeOut
+    state_changed_at: datetime
+    created_at: datetime
+    updated_at: datetime = Field(description="Last change of any kind (use it with `updated_since`)")
+
+
+class PartnerReferralDetail(PartnerReferralOut):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **_REFERRAL_EXAMPLE,
+                    "timeline": [
+                        {
+                            "from_state": None,
+                            "to_state": "invited",
+                            "actor": "member",
+                            "occurred_at": "2027-02-20T14:05:00Z",
+                        },
+                        {
+                            "from_state": "invited",
+                            "to_state": "signed_up",
+                            "actor": "system",
+                            "occurred_at": "2027-02-22T08:00:00Z",
+                        },
+                        {
+                            "from_state": "signed_up",
+                            "to_state": "applied",
+                            "actor": "partner",
+                            "occurred_at": "2027-03-01T09:30:00Z",
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+
+    timeline: list[PartnerTimelineItem] = Field(description="Its state changes, oldest first")
 
 
 OPENAPI_MODELS: list[type[BaseModel]] = [OutcomeItem, OutcomeFee]
