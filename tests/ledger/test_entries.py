@@ -53,6 +53,33 @@ class TestPostEntry:
         assert sorted(p.amount for p in entry.postings) == [-12345, 12345]
         assert {p.account for p in entry.postings} == {f"member:{member}", f"reward_expense:program-{unique}"}
 
+    async def test_entry_as_first_statement_is_rolled_back_with_the_caller(
+        self, runtime: Runtime, unique: str
+    ) -> None:
+        # The entry runs on the driver connection: it must be inside the session's transaction even
+        # when it is the transaction's first statement (SQLAlchemy sends BEGIN lazily).
+        a, b = await make_members(runtime, 2)
+        await fund(runtime, a, 1000, "INR")
+        await fund(runtime, b, 1000, "INR")  # both accounts exist: the entry is one statement
+
+        async with runtime.db.sessionmaker() as session:
+            await session.begin()
+            await ledger.move(
+                session,
+                entry_type="test.first",
+                source=member_account(a),
+                destination=member_account(b),
+                amount=100,
+                currency="INR",
+                idempotency_key=f"first:{unique}",
+            )
+            await session.rollback()  # the caller fails after the entry
+        assert await _entry_count(runtime, f"first:{unique}") == 0
+        async with runtime.db.sessionmaker() as session:
+            assert await ledger.balances_for(session, a) == [
+                ledger.MemberBalance("INR", pending=0, available=1000, held=0)
+            ]
+
     async def test_entry_must_balance_per_currency(self, runtime: Runtime, unique: str) -> None:
         a, b = await make_members(runtime, 2)
         await fund(runtime, a, 1000, "INR")

@@ -160,7 +160,14 @@ async def raw_connection(session: AsyncSession) -> Any:
     """The asyncpg connection under a session, inside the session's transaction. For hot statements
     only: SQLAlchemy's parameter and result processing would double their client cost."""
     connection = await session.connection()
-    driver = (await connection.get_raw_connection()).driver_connection
+    raw = await connection.get_raw_connection()
+    # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with its first statement: before one ran, the
+    # driver is outside any transaction and a raw statement would commit on its own (surviving the
+    # session's rollback). Begin it here as the adapter would, so that its COMMIT/ROLLBACK end it.
+    adapter: Any = raw.dbapi_connection
+    if getattr(adapter, "_transaction", True) is None:
+        await adapter._start_transaction()
+    driver = raw.driver_connection
     assert driver is not None
     return driver if _raw_tracer is None else _TracedDriver(driver, _raw_tracer)
 

@@ -175,20 +175,25 @@ def _validate(
 # on the same account surfaces as a serialization failure to retry instead.
 # It runs on the driver's own connection, inside the session's transaction: this statement is the
 # ledger's hot path, and SQLAlchemy's parameter and result processing would double its client cost.
+# Every array parameter is read through a scalar subquery, (SELECT $n): the planner then estimates
+# the same row counts whatever the arrays hold, so after five executions PostgreSQL keeps the
+# prepared statement's generic plan (same plan shape) instead of planning it again on every call,
+# which had cost as much as running it (measured: 16 clients, ~2,000 -> ~2,900 entries/s). Inside
+# ANY() the subquery is cast again, so that it stays an array (ANY (SELECT ...) compares rows).
 _APPLY = """
 WITH d AS (
-    SELECT * FROM unnest(CAST($1 AS uuid[]), CAST($2 AS bigint[]),
-                         CAST($3 AS bigint[]), CAST($4 AS bigint[]))
+    SELECT * FROM unnest((SELECT CAST($1 AS uuid[])), (SELECT CAST($2 AS bigint[])),
+                         (SELECT CAST($3 AS bigint[])), (SELECT CAST($4 AS bigint[])))
         AS d(account_id, dp, da, dh)
 ), locked AS (
     SELECT a.id, a.member_id, a.pending, a.available, a.held
-    FROM ledger_accounts a WHERE a.id = ANY(CAST($1 AS uuid[]))
-      AND (SELECT count(*) FROM ledger_accounts b WHERE b.id = ANY(CAST($1 AS uuid[])))
-          = cardinality(CAST($1 AS uuid[]))
+    FROM ledger_accounts a WHERE a.id = ANY(CAST((SELECT CAST($1 AS uuid[])) AS uuid[]))
+      AND (SELECT count(*) FROM ledger_accounts b WHERE b.id = ANY(CAST((SELECT CAST($1 AS uuid[])) AS uuid[])))
+          = cardinality((SELECT CAST($1 AS uuid[])))
     ORDER BY a.id
     FOR UPDATE
 ), guard AS (
-    SELECT count(*) = cardinality(CAST($1 AS uuid[])) AS complete,
+    SELECT count(*) = cardinality((SELECT CAST($1 AS uuid[]))) AS complete,
            coalesce(bool_and(l.member_id IS NULL
                              OR (l.pending + d.dp >= 0 AND l.available + d.da >= 0 AND l.held + d.dh >= 0)),
                     true) AS ok
@@ -210,9 +215,9 @@ WITH d AS (
 ), lines AS (
     INSERT INTO ledger_postings (entry_id, line, account_id, member_id, bucket, currency, amount)
     SELECT entry.id, p.line, p.account_id, p.member_id, p.bucket, p.currency, p.amount
-    FROM entry, unnest(CAST($13 AS smallint[]), CAST($14 AS uuid[]),
-                       CAST($15 AS uuid[]), CAST($16 AS text[]),
-                       CAST($17 AS text[]), CAST($18 AS bigint[]))
+    FROM entry, unnest((SELECT CAST($13 AS smallint[])), (SELECT CAST($14 AS uuid[])),
+                       (SELECT CAST($15 AS uuid[])), (SELECT CAST($16 AS text[])),
+                       (SELECT CAST($17 AS text[])), (SELECT CAST($18 AS bigint[])))
         AS p(line, account_id, member_id, bucket, currency, amount)
     RETURNING 1
 )
