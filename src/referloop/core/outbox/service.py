@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import uuid
@@ -43,6 +44,11 @@ _INSERT_EVENTS = insert(_OUTBOX).from_select(
 )
 
 
+@functools.lru_cache(maxsize=64)
+def _with_caller_write(with_write: Insert) -> Insert:
+    return _INSERT_EVENTS.add_cte(with_write.cte("caller_write"))
+
+
 async def enqueue(session: AsyncSession, topic: str, payload: dict[str, Any]) -> uuid.UUID:
     """Write an event in the caller's transaction: it is published only if that transaction commits."""
     (event_id,) = await enqueue_many(session, [(topic, payload)])
@@ -54,13 +60,16 @@ async def enqueue_many(
     events: Sequence[tuple[str, dict[str, Any]]],
     *,
     with_write: Insert | None = None,
+    with_write_params: dict[str, Any] | None = None,
 ) -> list[uuid.UUID]:
     """Write several events (topic, payload), in order, with one INSERT in the caller's transaction.
 
     `with_write`: the caller's own INSERT (the row the events announce), run in the same statement
     as a data-modifying CTE, so that a state change and its events cost one round trip. PostgreSQL
     runs it to completion even though nothing reads it; give it every column that has a Python-side
-    default (SQLAlchemy cannot compute those inside a CTE)."""
+    default (SQLAlchemy cannot compute those inside a CTE). `with_write_params`: its bound values,
+    when `with_write` is a statement made once and reused (its bindparams named apart from
+    "outbox_*"): the whole statement is then reused too, and SQLAlchemy skips rebuilding its cache key."""
     ids = [uuid7() for _ in events]
     if not events:
         if with_write is not None:
@@ -78,7 +87,10 @@ async def enqueue_many(
         "outbox_times": times,
     }
     stmt = _INSERT_EVENTS
-    if with_write is not None:
+    if with_write is not None and with_write_params is not None:
+        stmt = _with_caller_write(with_write)
+        params.update(with_write_params)
+    elif with_write is not None:
         stmt = stmt.add_cte(with_write.cte("caller_write"))
     await session.execute(stmt, params)
     return ids

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.config import PayoutProviderName, Settings, WithdrawalPolicy
@@ -100,6 +100,19 @@ async def lock_member_withdrawals(session: AsyncSession, member_id: uuid.UUID) -
     )
 
 
+# Made once: a statement object keeps the cache key SQLAlchemy computed for it, and the states are
+# written into it (NOT IN a literal list), where a list parameter would be expanded on every call.
+_SPENT = select(
+    func.coalesce(func.sum(Withdrawal.amount).filter(Withdrawal.created_at >= bindparam("day_start")), 0),
+    func.coalesce(func.sum(Withdrawal.amount), 0),
+).where(
+    Withdrawal.member_id == bindparam("member_id"),
+    Withdrawal.currency == bindparam("currency"),
+    Withdrawal.created_at >= bindparam("month_start"),
+    Withdrawal.state.not_in([literal_column(f"'{s.value}'") for s in sorted(NOT_COUNTED, key=str)]),
+)
+
+
 async def check_limits(
     session: AsyncSession,
     policy: WithdrawalPolicy,
@@ -113,18 +126,15 @@ async def check_limits(
     in UTC; withdrawals that failed, were cancelled, rejected or returned don't count."""
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     month_start = day_start.replace(day=1)
-    counted = Withdrawal.state.not_in([s.value for s in NOT_COUNTED])
     row = (
         await session.execute(
-            select(
-                func.coalesce(func.sum(Withdrawal.amount).filter(Withdrawal.created_at >= day_start), 0),
-                func.coalesce(func.sum(Withdrawal.amount), 0),
-            ).where(
-                Withdrawal.member_id == member_id,
-                Withdrawal.currency == currency,
-                Withdrawal.created_at >= month_start,
-                counted,
-            )
+            _SPENT,
+            {
+                "member_id": member_id,
+                "currency": currency,
+                "day_start": day_start,
+                "month_start": month_start,
+            },
         )
     ).one()
     today, month = int(row[0]), int(row[1])
