@@ -205,8 +205,10 @@ def random_ip() -> str:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client with its own IP address, so rate limits of one test never touch another."""
-    transport = httpx.ASGITransport(app=app)
+    """A client with its own IP address, so rate limits of one test never touch another (nor of
+    an earlier run: they live in Redis for their window). The socket peer is random too, for the
+    requests whose forwarded address is unusable."""
+    transport = httpx.ASGITransport(app=app, client=(random_ip(), 50000))
     async with httpx.AsyncClient(
         transport=transport, base_url="http://test", headers={"X-Forwarded-For": random_ip()}
     ) as c:

@@ -103,7 +103,9 @@ async def asgi_client(app: FastAPI, ip: str | None = None) -> AsyncIterator[http
     """An in-process client for an app built in a test (see the `app_factory` fixture)."""
     ip = ip or f"10.{random.randint(0, 255)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test", headers={"X-Forwarded-For": ip}
+        transport=httpx.ASGITransport(app=app, client=(ip, 50000)),
+        base_url="http://test",
+        headers={"X-Forwarded-For": ip},
     ) as c:
         yield c
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.factories import register_member
+from tests.factories import asgi_client, register_member
 
 ORIGIN = "https://app.referloop.test"
 
@@ -83,7 +83,7 @@ class TestSecurityHeaders:
 @pytest.fixture
 async def cors_client(app_factory: Callable[..., FastAPI]) -> AsyncIterator[httpx.AsyncClient]:
     app = app_factory(cors_allow_origins=[ORIGIN])
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+    async with asgi_client(app) as c:
         yield c
 
 

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from referloop.core.observability import configure_logging
-from tests.factories import register_member
+from tests.factories import asgi_client, register_member
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ async def traced_client(
     spans: InMemorySpanExporter, app_factory: Callable[..., FastAPI]
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = app_factory()  # built after the provider exists, so it is instrumented
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+    async with asgi_client(app) as c:  # an address of its own: rate limits of other runs never apply
         yield c
 
 
