@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    RESULTS_DIR,
+    WORK_DIR,
     BenchOptions,
     LoadResult,
     Server,
@@ -467,7 +467,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
             raw = None
             if options.profile or (missed and not options.quick):
                 writing = options.write and not options.quick
-                raw = profile_withdrawals(server, workload, RESULTS_DIR if writing else workdir)
+                raw = profile_withdrawals(server, workload, WORK_DIR if writing else workdir)
         discrepancies = asyncio.run(reconcile(url))
         log(f"reconcile: {discrepancies} difference(s)")
         doc = results_document(runs, machine_info(version), plan, funding_tps, discrepancies, load_before)
@@ -535,6 +535,12 @@ def results_document(
     }
 
 
+def _platform_shards() -> int:
+    from referloop.ledger.service.accounts import PLATFORM_SHARDS
+
+    return PLATFORM_SHARDS
+
+
 def markdown_section(doc: dict[str, Any]) -> str:
     r, ratios, setup = doc["runs"], doc["ratios"], doc["setup"]
 
@@ -561,7 +567,7 @@ Reconcile after the run: {setup["reconcile_discrepancies_after"]} difference(s).
 {row("pgbench_tpcb", "pgbench TPC-B-like (baseline)")}
 {row("postings", "ledger postings, member to member (internal API)")}
 {row("withdrawals", "POST /v1/withdrawals (HTTP)")}
-{row("hot_sharded", "hot account: all into `fees` (16 shards)")}
+{row("hot_sharded", f"hot account: all into `fees` ({_platform_shards()} shards)")}
 {row("hot_single", "hot account: all into `adjustments` (one row)")}
 
 Targets: postings >= {TARGET_POSTINGS:.0%} of pgbench ({met["postings_vs_pgbench_tps"]}), withdrawals
