@@ -59,7 +59,7 @@ class ReferralFilters:
 Row = tuple[Referral, str | None, str | None]
 
 
-def _select() -> Select[Any]:
+def referral_select() -> Select[Any]:
     stmt = (
         select(Referral, Program.name, University.name)
         .outerjoin(Program, Program.id == Referral.program_id)
@@ -69,7 +69,7 @@ def _select() -> Select[Any]:
     return cast("Select[Any]", stmt)
 
 
-def _filtered(stmt: Select[Any], f: ReferralFilters) -> Select[Any]:
+def filtered_referrals(stmt: Select[Any], f: ReferralFilters) -> Select[Any]:
     if f.member_id is not None:
         stmt = stmt.where(Referral.member_id == f.member_id)
     if f.state is not None:
@@ -128,14 +128,14 @@ def staff_referral_out(row: Row) -> StaffReferralOut:
 async def list_referrals(
     session: AsyncSession, filters: ReferralFilters, *, cursor: str | None, limit: int
 ) -> tuple[list[Row], str | None]:
-    stmt = paginate_by_id_desc(_filtered(_select(), filters), Referral.id, cursor, limit)
+    stmt = paginate_by_id_desc(filtered_referrals(referral_select(), filters), Referral.id, cursor, limit)
     rows: list[Row] = [(r, p, u) for r, p, u in await session.execute(stmt)]
     return split_page(rows, limit, lambda r: [r[0].id])
 
 
 async def get_referral(session: AsyncSession, referral_id: uuid.UUID, *, member_id: uuid.UUID | None) -> Row:
     """`member_id`: the referrer who asks (None for staff)."""
-    stmt = _select().where(Referral.id == referral_id)
+    stmt = referral_select().where(Referral.id == referral_id)
     if member_id is not None:
         stmt = stmt.where(Referral.member_id == member_id)
     row = (await session.execute(stmt)).first()

@@ -35,8 +35,8 @@ class PartnerReferralFilters:
 
 
 def _scoped(partner: PartnerPrincipal, f: PartnerReferralFilters) -> Select[Any]:
-    stmt = queries._filtered(
-        queries._select(),
+    stmt = queries.filtered_referrals(
+        queries.referral_select(),
         queries.ReferralFilters(state=f.state, program_id=f.program_id, university_id=partner.university_id),
     )
     if f.updated_since is not None:
