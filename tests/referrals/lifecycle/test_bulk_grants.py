@@ -73,6 +73,38 @@ async def test_no_total_budget_keeps_no_budget_row(
     assert row["spent"] == 300_000
 
 
+async def test_a_total_switched_off_and_on_again_counts_what_was_paid_meanwhile(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Admin
+) -> None:
+    cat = await make_catalogue(client, admin, budget_total={"amount": 300_000, "currency": "INR"})
+    referrers = await make_members(runtime, 4)
+
+    async def set_total(total: dict[str, Any] | None) -> None:
+        r = await client.patch(
+            f"/v1/staff/campaigns/{cat.campaign_id}", json={"budget_total": total}, headers=admin.auth
+        )
+        assert r.status_code == 200, r.text
+
+    first, _ = await enrolled(runtime, cat, referrers[0])
+    await run_jobs(runtime)
+    await set_total(None)  # no total: the next grants charge no budget row
+    meanwhile = [await enrolled(runtime, cat, m) for m in referrers[1:3]]
+    await run_jobs(runtime)
+    for referral in [first] + [r for r, _ in meanwhile]:
+        assert [r["status"] for r in await rewards(runtime, referral)] == ["pending"]
+
+    # 300,000 paid out of a total of 300,000: the row kept from the first total (100,000) must not
+    # let a fourth reward through.
+    await set_total({"amount": 300_000, "currency": "INR"})
+    [row] = await sql(runtime, "SELECT spent FROM campaign_budgets WHERE campaign_id = :c", c=cat.campaign_id)
+    assert row["spent"] == 300_000
+    last, _ = await enrolled(runtime, cat, referrers[3])
+    await run_jobs(runtime)
+    assert [r["status"] for r in await rewards(runtime, last)] == ["skipped"]
+    [row] = await sql(runtime, "SELECT spent FROM campaign_budgets WHERE campaign_id = :c", c=cat.campaign_id)
+    assert row["spent"] == 300_000
+
+
 async def test_a_failed_bulk_transaction_grants_one_by_one(
     client: httpx.AsyncClient, runtime: Runtime, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:

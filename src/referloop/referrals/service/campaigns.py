@@ -37,6 +37,7 @@ from referloop.referrals.errors import (
     ProgramNotFound,
 )
 from referloop.referrals.models import Campaign, CampaignProgram, CampaignState, Program
+from referloop.referrals.rewards.service import budget
 from referloop.referrals.schemas import (
     CampaignCreate,
     CampaignUpdate,
@@ -217,7 +218,10 @@ async def update_campaign(
         )
     except ValueError as exc:
         raise InvalidInput(str(exc)) from exc
+    had_total = campaign.budget_total_amount is not None
     _apply_money_fields(campaign, changes)
+    if not had_total and campaign.budget_total_amount is not None:
+        await budget.resync_budget(session, campaign.id)
     program_ids = old_programs
     new_codes: list[str] = []
     if data.program_ids is not None:

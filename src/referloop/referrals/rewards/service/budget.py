@@ -129,6 +129,12 @@ _SEED = text(
     " ON CONFLICT (campaign_id) DO NOTHING"
 )
 _GRANTED_SUM = text(_GRANTED)
+_RESYNC = text(
+    "INSERT INTO campaign_budgets (campaign_id, spent, rewards, updated_at)"  # noqa: S608 - fixed text
+    f" SELECT :campaign_id, g.spent, g.rewards, now() FROM ({_GRANTED}) g"
+    " ON CONFLICT (campaign_id) DO UPDATE"
+    " SET spent = EXCLUDED.spent, rewards = EXCLUDED.rewards, updated_at = now()"
+)
 
 # A campaign with no total budget keeps no budget row up to date: every grant updating that one row
 # serialised all grants of the campaign. Its rewards carry this mark in `charged_counters`, so a
@@ -167,6 +173,13 @@ async def budget_spent_seeded(session: AsyncSession, campaign_id: uuid.UUID) -> 
         await session.execute(_SEED, {"campaign_id": campaign_id})
         spent = await session.scalar(_SPENT, {"campaign_id": campaign_id})
     return int(spent or 0)
+
+
+async def resync_budget(session: AsyncSession, campaign_id: uuid.UUID) -> None:
+    """Rebuild the budget row from the granted rewards. For a total set on a campaign that had
+    none: its grants meanwhile charged no row, so a row kept from an earlier total is stale (it
+    would let the campaign spend past its new total)."""
+    await session.execute(_RESYNC, {"campaign_id": campaign_id})
 
 
 async def granted_totals(session: AsyncSession, campaign_id: uuid.UUID) -> tuple[int, int]:
