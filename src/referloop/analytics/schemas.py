@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -122,18 +123,21 @@ def period_out(period: Period) -> PeriodOut:
     )
 
 
-def funnel_out(report: FunnelReport, granularity: Granularity, filters: FunnelFiltersOut) -> FunnelOut:
+def _report_fields(report: FunnelReport) -> dict[str, Any]:
+    """What the staff and the member funnel answers share: range, totals, rates, medians, series."""
     assert report.first is not None and report.last is not None
-    return FunnelOut(
-        from_=report.first,
-        to=report.last,
-        granularity=granularity,
-        filters=filters,
-        totals=FunnelCounts(**report.totals),
-        conversion=Conversion(**report.conversion),
-        median_seconds=MedianSeconds(**report.median_seconds),
-        series=[period_out(p) for p in report.series],
-    )
+    return {
+        "from_": report.first,
+        "to": report.last,
+        "totals": FunnelCounts(**report.totals),
+        "conversion": Conversion(**report.conversion),
+        "median_seconds": MedianSeconds(**report.median_seconds),
+        "series": [period_out(p) for p in report.series],
+    }
+
+
+def funnel_out(report: FunnelReport, granularity: Granularity, filters: FunnelFiltersOut) -> FunnelOut:
+    return FunnelOut(granularity=granularity, filters=filters, **_report_fields(report))
 
 
 class BreakdownOut(BaseModel):
@@ -173,14 +177,4 @@ class MemberFunnelOut(BaseModel):
 def member_funnel_out(
     report: FunnelReport, granularity: Granularity, filters: MemberFunnelFiltersOut
 ) -> MemberFunnelOut:
-    assert report.first is not None and report.last is not None
-    return MemberFunnelOut(
-        from_=report.first,
-        to=report.last,
-        granularity=granularity,
-        filters=filters,
-        totals=FunnelCounts(**report.totals),
-        conversion=Conversion(**report.conversion),
-        median_seconds=MedianSeconds(**report.median_seconds),
-        series=[period_out(p) for p in report.series],
-    )
+    return MemberFunnelOut(granularity=granularity, filters=filters, **_report_fields(report))

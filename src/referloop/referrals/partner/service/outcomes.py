@@ -18,7 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.core.context import RequestContext
 from referloop.core.errors import AppError, FieldError
-from referloop.referrals.lifecycle.service import OutcomeKind, OutcomeReport, apply_partner_outcome
+from referloop.referrals.lifecycle.service import (
+    OutcomeKind,
+    OutcomeReport,
+    OutcomeResult,
+    apply_partner_outcome,
+)
 from referloop.referrals.lifecycle.service.outcomes import apply_partner_outcomes
 from referloop.referrals.partner.schemas import (
     ITEM_STATUSES,
@@ -136,6 +141,18 @@ def _validate(
     return item, report
 
 
+def _applied(index: int, row: int | None, item: OutcomeItem, outcome: OutcomeResult) -> OutcomeItemResult:
+    return OutcomeItemResult(
+        index=index,
+        row=row,
+        external_id=item.external_id,
+        status=outcome.status,
+        referral_id=outcome.referral_id,
+        state=outcome.state,
+        reason=outcome.reason,
+    )
+
+
 async def _apply_set(
     session: AsyncSession,
     rt: Runtime,
@@ -149,15 +166,7 @@ async def _apply_set(
         session, rt, [reports[i][1] for i in indexes], ctx, actor_id=partner.key_id
     )
     return {
-        index: OutcomeItemResult(
-            index=index,
-            row=rows[index] if rows is not None else None,
-            external_id=reports[index][0].external_id,
-            status=outcome.status,
-            referral_id=outcome.referral_id,
-            state=outcome.state,
-            reason=outcome.reason,
-        )
+        index: _applied(index, rows[index] if rows is not None else None, reports[index][0], outcome)
         for index, outcome in zip(indexes, outcomes, strict=True)
     }
 
@@ -194,13 +203,5 @@ async def _apply_all(
                 reason="This item could not be applied; send it again (in a new batch).",
             )
             continue
-        out[index] = OutcomeItemResult(
-            index=index,
-            row=row,
-            external_id=item.external_id,
-            status=outcome.status,
-            referral_id=outcome.referral_id,
-            state=outcome.state,
-            reason=outcome.reason,
-        )
+        out[index] = _applied(index, row, item, outcome)
     return out

@@ -38,16 +38,20 @@ from referloop.core.ids import uuid7
 from referloop.referrals.lifecycle.models import Referral, ReferralState
 from referloop.referrals.models import Campaign, Program
 from referloop.referrals.rewards.models import (
-    Milestone,
     Reward,
-    RewardRole,
     RewardRule,
     RewardStatus,
     RuleKind,
     SkipReason,
 )
 from referloop.referrals.rewards.service import budget, events
-from referloop.referrals.rewards.service.grant import cap_checks, compute_amount, release_moment
+from referloop.referrals.rewards.service.grant import (
+    cap_checks,
+    compute_amount,
+    recipient_of,
+    release_moment,
+    tier_counter,
+)
 
 
 class BudgetRace(Exception):
@@ -182,22 +186,19 @@ async def grant_many(
         if rule.deleted_at is not None:
             d.reason = SkipReason.rule_withdrawn.value
             continue
-        recipient = referral.member_id if reward.role == RewardRole.referrer.value else referral.referee_id
+        recipient = recipient_of(reward, referral)
         if recipient is None:
             d.reason = SkipReason.referee_not_registered.value
             continue
         d.member_id = recipient
         enrolment_number = None
-        if (
-            rule.tiers
-            and reward.role == RewardRole.referrer.value
-            and reward.milestone == Milestone.enrolled.value
-        ):
-            period = rule.period or "month"
+        tier = tier_counter(reward, rule)
+        if tier is not None:
+            counter, period = tier
             key = (
                 campaign.id,
                 reward.referrer_id,
-                f"enrolments:{period}",
+                counter,
                 budget.period_start(period, reward.reached_at, campaign.starts_at),
             )
             values[key] += 1  # counted whether or not a cap later refuses the reward
@@ -315,14 +316,8 @@ async def grant_many(
 
 def _counters(reward: Reward, rule: RewardRule, campaign: Campaign) -> list[tuple[str, str]]:
     """Every counter a reward may move: its tier count, then its caps."""
-    out = []
-    if (
-        rule.tiers
-        and reward.role == RewardRole.referrer.value
-        and reward.milestone == Milestone.enrolled.value
-    ):
-        period = rule.period or "month"
-        out.append((f"enrolments:{period}", period))
+    tier = tier_counter(reward, rule)
+    out = [tier] if tier is not None else []
     out.extend((counter, period) for counter, period, _, _, _ in cap_checks(reward, rule, campaign, 0))
     return out
 

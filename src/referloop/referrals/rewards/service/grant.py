@@ -147,6 +147,23 @@ def _fee(referral: Referral, program_fee: tuple[int | None, str | None]) -> tupl
     return program_fee
 
 
+def recipient_of(reward: Reward, referral: Referral) -> uuid.UUID | None:
+    """Who a reward pays: the referrer, or the referee once they have an account."""
+    return referral.member_id if reward.role == RewardRole.referrer.value else referral.referee_id
+
+
+def tier_counter(reward: Reward, rule: RewardRule) -> tuple[str, str] | None:
+    """The (counter, period) a tiered referrer reward for an enrolment counts in, else None."""
+    if (
+        rule.tiers
+        and reward.role == RewardRole.referrer.value
+        and reward.milestone == Milestone.enrolled.value
+    ):
+        period = rule.period or "month"
+        return f"enrolments:{period}", period
+    return None
+
+
 def cap_checks(
     reward: Reward, rule: RewardRule, campaign: Campaign, amount: int
 ) -> list[tuple[str, str, int, int, SkipReason]]:
@@ -216,24 +233,21 @@ async def grant(session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: boo
         return _skip(reward, SkipReason.enrolment_cancelled)
     if rule.deleted_at is not None:
         return _skip(reward, SkipReason.rule_withdrawn)
-    recipient = referral.member_id if reward.role == RewardRole.referrer.value else referral.referee_id
+    recipient = recipient_of(reward, referral)
     if recipient is None:
         return _skip(reward, SkipReason.referee_not_registered)
     reward.member_id = recipient
 
     enrolment_number = None
-    if (
-        rule.tiers
-        and reward.role == RewardRole.referrer.value
-        and reward.milestone == Milestone.enrolled.value
-    ):
+    tier = tier_counter(reward, rule)
+    if tier is not None:
         # Counted whether or not a cap later refuses the reward: it is the referrer's n-th enrolment.
-        period = rule.period or "month"
+        counter, period = tier
         enrolment_number = await budget.bump_counter(
             session,
             campaign_id=campaign.id,
             member_id=reward.referrer_id,
-            counter=f"enrolments:{period}",
+            counter=counter,
             period_start=budget.period_start(period, reward.reached_at, campaign.starts_at),
             delta=1,
             limit=None,
