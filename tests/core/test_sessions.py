@@ -5,22 +5,21 @@ that takes the write session must say why, in the allow-list below."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Callable
-from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
-from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import insert, select, text
 from sqlalchemy.exc import DBAPIError
 
 from referloop.core.deps import _read_session, _write_session
 from referloop.core.outbox.models import OutboxEvent
 from referloop.runtime import Runtime
-from tests.factories import register_member
+from tests.factories import db_value, register_member
+from tests.route_deps import route_dependencies
 
 # GET routes that do not take the read session, and why. Every other GET route must take it.
 NOT_ON_THE_READ_SESSION: dict[str, str] = {
@@ -30,6 +29,7 @@ NOT_ON_THE_READ_SESSION: dict[str, str] = {
     "/metrics": "outbox figures through a short session of its own; answers while the database is down",
     "/.well-known/jwks.json": "public keys held in memory",
     "/r/{slug}": "the hot redirect answers from Redis and records the click there",
+    "/v1/me": "one raw statement on a read-pool connection (Database.read_connection), no ORM session",
     "/v1/wallet/transactions.csv": "the CSV stream outlives the request, so it opens its own session",
     # They write: the request's transaction must hold the write.
     "/v1/referrals/links": "creates a member's missing share links and remembers the calling device",
@@ -48,29 +48,8 @@ NOT_ON_THE_READ_SESSION: dict[str, str] = {
 }
 
 
-def _dependency_calls(dependant: Dependant) -> set[Callable[..., Any]]:
-    calls: set[Callable[..., Any]] = set()
-    stack = [dependant]
-    while stack:
-        d = stack.pop()
-        if d.call is not None:
-            calls.add(d.call)
-        stack.extend(d.dependencies)
-    return calls
-
-
-def _get_routes(app: FastAPI) -> dict[str, set[Callable[..., Any]]]:
-    """Path of every GET route (included routers flattened) -> every dependency it runs."""
-    routes: dict[str, set[Callable[..., Any]]] = {}
-    for route in iter_route_contexts(app.routes):
-        if isinstance(route.original_route, APIRoute) and "GET" in (route.methods or ()):
-            assert route.path is not None
-            routes[route.path] = _dependency_calls(route.dependant)
-    return routes
-
-
 def test_every_get_route_takes_the_read_session_unless_listed(app: FastAPI) -> None:
-    routes = _get_routes(app)
+    routes = route_dependencies(app, "GET")
     assert len(routes) > 20  # the walk found the routers' routes, not only the app's own
     wrong = sorted(
         path
@@ -112,3 +91,36 @@ async def test_read_routes_answer_through_the_read_only_pool(
     r = await client.get("/v1/me", headers=member.auth)
     assert r.status_code == 200, r.text
     assert runtime.db.read_engine.pool.checkedin() >= max(before, 1)  # type: ignore[attr-defined]
+
+
+async def test_the_read_connection_is_read_only_and_one_cancelled_mid_statement_is_closed(
+    runtime: Runtime,
+) -> None:
+    async with runtime.db.read_connection() as conn:
+        assert await conn.fetchval("SHOW transaction_read_only") == "on"
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            await conn.execute("CREATE TEMPORARY TABLE readonly_probe (x int)")
+
+    backend: list[int] = []
+
+    async def slow_read() -> None:
+        async with runtime.db.read_connection() as conn:
+            backend.append(await conn.fetchval("SELECT pg_backend_pid()"))
+            await conn.fetchval("SELECT pg_sleep(30)")
+
+    task = asyncio.create_task(slow_read())
+    while not backend:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # Its connection was not handed back to the pool (its protocol was mid-answer): it is closed.
+    for _ in range(100):
+        alive = await db_value(runtime, "SELECT count(*) FROM pg_stat_activity WHERE pid = :p", p=backend[0])
+        if not alive:
+            break
+        await asyncio.sleep(0.05)
+    assert alive == 0
+    async with runtime.db.read_connection() as conn:
+        assert await conn.fetchval("SELECT 1") == 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
+from referloop.identity.service.sessions import REVOKED_KEY
 from referloop.runtime import Runtime
 from tests.factories import db_value, new_email, new_phone, register_member
 
@@ -88,6 +90,28 @@ class TestLogout:
         other = (await client.post("/v1/auth/login", json={"login": m.email, "password": m.password})).json()
         assert (await client.post("/v1/auth/logout", headers=m.auth)).status_code == 204
         assert (await client.get("/v1/me", headers=bearer(other["access_token"]))).status_code == 200
+
+    @pytest.mark.parametrize("path", ["/v1/me", "/v1/auth/sessions", "/v1/wallet"])
+    async def test_an_ended_session_is_refused_by_the_database_check_and_the_redis_check(
+        self, client: httpx.AsyncClient, runtime: Runtime, path: str
+    ) -> None:
+        """/v1/me checks the session in its own query, other routes in Redis: both refuse it."""
+        m = await register_member(client)
+        assert (await client.get(path, headers=m.auth)).status_code == 200
+        assert (await client.post("/v1/auth/logout", headers=m.auth)).status_code == 204
+        after_logout = await client.get(path, headers=m.auth)
+        assert after_logout.status_code == 401
+        assert after_logout.json()["code"] == "invalid_token"
+        assert after_logout.json()["detail"] == "This session has ended; sign in again."
+        if path == "/v1/me":
+            # The Redis mark gone (an evicted key): the database still knows the session ended ...
+            await runtime.redis.delete(REVOKED_KEY.format(sid=m.session_id))
+            assert (await client.get(path, headers=m.auth)).status_code == 401
+        else:
+            # ... and for the routes that check Redis, its mark alone is enough.
+            fresh = await register_member(client)
+            await runtime.redis.set(REVOKED_KEY.format(sid=fresh.session_id), b"1", ex=60)
+            assert (await client.get(path, headers=fresh.auth)).status_code == 401
 
     async def test_logout_needs_a_token(self, client: httpx.AsyncClient) -> None:
         r = await client.post("/v1/auth/logout")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 import pytest
 
-from tests.factories import register_member
+from referloop.runtime import Runtime
+from tests.factories import db_rows, register_member
 
 
 class TestMe:
@@ -117,3 +120,24 @@ class TestMe:
         r = await client.patch("/v1/me", headers=m.auth, json={"country": None})
         assert r.status_code == 200
         assert r.json()["country"] is None
+
+
+async def test_a_deleted_account_is_not_found_with_a_live_session(
+    client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    m = await register_member(client)
+    await db_rows(runtime, "UPDATE users SET deleted_at = now() WHERE id = :u", u=m.id)
+    r = await client.get("/v1/me", headers=m.auth)
+    assert r.status_code == 404
+    assert r.json()["code"] == "not_found"
+
+
+async def test_a_session_of_another_member_is_refused(client: httpx.AsyncClient, runtime: Runtime) -> None:
+    """The profile's own session check matches the session to the token's member, not just its id."""
+    a, b = await register_member(client), await register_member(client)
+    forged = runtime.signer.issue(
+        user_id=uuid.UUID(a.id), session_id=uuid.UUID(b.session_id), role="member", mfa=False
+    )[0]
+    r = await client.get("/v1/me", headers={"Authorization": f"Bearer {forged}"})
+    assert r.status_code == 401
+    assert r.json()["code"] == "invalid_token"

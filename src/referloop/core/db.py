@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, NewType
 
@@ -10,6 +13,7 @@ from sqlalchemy import DateTime, MetaData, func
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.util import greenlet_spawn
 
 from referloop.core.ids import uuid7
 
@@ -97,6 +101,24 @@ class Database:
         )
         _share_events(self.read_engine, self.engine)
         self.read_sessionmaker = async_sessionmaker(self.read_engine, expire_on_commit=False, autoflush=False)
+
+    @asynccontextmanager
+    async def read_connection(self) -> AsyncIterator[Any]:
+        """An asyncpg connection from the read pool, without an ORM session: for the hottest read
+        routes, whose answer is one raw statement. Read-only and autocommit like a read session; a
+        read session costs about 150 µs of CPU more per request (session, lazy begin, close)."""
+        pooled = await self.read_engine.raw_connection()
+        try:
+            driver = pooled.driver_connection
+            yield driver if _raw_tracer is None else _TracedDriver(driver, _raw_tracer)
+        except asyncio.CancelledError:
+            # Cancelled mid-statement (the client went away): the protocol may be mid-answer, so the
+            # connection is closed rather than handed to the next request.
+            await greenlet_spawn(pooled.invalidate)
+            raise
+        finally:
+            if pooled.is_valid:
+                await greenlet_spawn(pooled.close)
 
     async def dispose(self) -> None:
         await self.read_engine.dispose()

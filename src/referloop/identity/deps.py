@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy import select
 
-from referloop.core.deps import ReadSession, RuntimeDep
+from referloop.core.deps import ReadSession, runtime_of
+from referloop.core.security.tokens import AccessClaims
 from referloop.core.security.tokens import InvalidToken as BadJwt
-from referloop.identity.errors import InsufficientRole, InvalidToken, StaffMfaRequired
+from referloop.identity.errors import SESSION_ENDED, InsufficientRole, InvalidToken, StaffMfaRequired
 from referloop.identity.models import Role, User
 from referloop.identity.service.sessions import Principal, is_session_revoked
 
@@ -23,17 +24,30 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-async def current_principal(request: Request, rt: RuntimeDep) -> Principal:
+def _verified_claims(request: Request) -> AccessClaims:
     try:
-        claims = rt.signer.verify(_bearer(request))
+        return runtime_of(request).signer.verify(_bearer(request))
     except BadJwt as exc:
         raise InvalidToken("The access token is invalid or expired.") from exc
-    if await is_session_revoked(rt, claims.session_id):
-        raise InvalidToken("This session has ended; sign in again.")
+
+
+async def current_principal(request: Request) -> Principal:
+    claims = _verified_claims(request)
+    if await is_session_revoked(runtime_of(request), claims.session_id):
+        raise InvalidToken(SESSION_ENDED)
+    return Principal(user_id=claims.user_id, session_id=claims.session_id, role=claims.role, mfa=claims.mfa)
+
+
+async def session_unchecked_principal(request: Request) -> Principal:
+    """A valid access token whose session is NOT yet checked for revocation. Only for a route whose
+    own query checks the session (as `accounts.get_own_profile` does), which saves the Redis round trip of
+    `current_principal`; tests/identity/test_deps.py lists the routes allowed to take it."""
+    claims = _verified_claims(request)
     return Principal(user_id=claims.user_id, session_id=claims.session_id, role=claims.role, mfa=claims.mfa)
 
 
 CurrentMember = Annotated[Principal, Depends(current_principal)]
+SessionUncheckedMember = Annotated[Principal, Depends(session_unchecked_principal)]
 
 
 def require_staff(*roles: Role) -> Callable[..., Awaitable[Principal]]:

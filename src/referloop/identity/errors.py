@@ -23,6 +23,9 @@ class InvalidToken(Unauthorized):
     title = "Invalid or expired token"
 
 
+SESSION_ENDED = "This session has ended; sign in again."
+
+
 class RefreshTokenReused(Unauthorized):
     code = "refresh_token_reused"
     title = "Refresh token reused"

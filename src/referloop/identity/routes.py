@@ -7,7 +7,7 @@ from fastapi import APIRouter, Header, Request, Response, status
 
 from referloop.core.deps import ContextDep, ReadSession, RuntimeDep, WriteSession
 from referloop.core.errors import NotFound, problem_responses
-from referloop.identity.deps import CurrentMember
+from referloop.identity.deps import CurrentMember, SessionUncheckedMember
 from referloop.identity.errors import CodeRejected
 from referloop.identity.models import User
 from referloop.identity.schemas import (
@@ -254,9 +254,13 @@ async def totp_confirm(
 
 
 @router.get("/me", response_model=MeOut, responses=problem_responses(401, 404))
-async def get_me(principal: CurrentMember, session: ReadSession) -> Response:
+async def get_me(principal: SessionUncheckedMember, rt: RuntimeDep) -> Response:
+    """Your profile: contact details and their verification, role, referral code, preferences, KYC
+    status and level."""
+    # The dependency leaves the session's revocation to the profile's own query: one round trip.
+    profile = await accounts.get_own_profile(rt.db, principal.user_id, principal.session_id)
     # Validated once here and sent as is: FastAPI would validate and serialize the model again.
-    me = MeOut.model_validate(await accounts.get_profile(session, principal.user_id))
+    me = MeOut.model_validate(profile)
     return Response(me.model_dump_json(), media_type="application/json")
 
 
