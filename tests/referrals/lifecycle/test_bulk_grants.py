@@ -4,13 +4,15 @@ and a bulk transaction that fails falls back to one grant per transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
-from referloop.referrals.rewards.service import bulk
+from referloop.referrals.rewards.service import budget, bulk
 from referloop.runtime import Runtime
 from tests.referrals.helpers import Admin, sql
 from tests.referrals.lifecycle.helpers import (
@@ -123,3 +125,56 @@ async def test_a_failed_bulk_transaction_grants_one_by_one(
     assert statuses == ["pending", "pending", "skipped"]
     [row] = await sql(runtime, "SELECT spent FROM campaign_budgets WHERE campaign_id = :c", c=cat.campaign_id)
     assert row["spent"] == 200_000
+
+
+async def test_a_total_set_while_grants_are_in_flight_waits_for_them_and_counts_them(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Admin
+) -> None:
+    cat = await make_catalogue(client, admin)  # no total yet
+    referrers = await make_members(runtime, 3)
+    made = [await enrolled(runtime, cat, m) for m in referrers[:2]]
+    async with runtime.db.sessionmaker() as session, session.begin():
+        # Two grants made against "no total", not committed yet ...
+        assert await bulk.grant_many(session, 10, [r for r, _ in made]) == ["pending", "pending"]
+        # ... while an admin sets a total with room for exactly one more reward.
+        setting = asyncio.create_task(
+            client.patch(
+                f"/v1/staff/campaigns/{cat.campaign_id}",
+                json={"budget_total": {"amount": 300_000, "currency": "INR"}},
+                headers=admin.auth,
+            )
+        )
+        await asyncio.sleep(0.5)
+        assert not setting.done()  # it waits for the grants to commit
+    r = await setting
+    assert r.status_code == 200, r.text
+    [row] = await sql(runtime, "SELECT spent FROM campaign_budgets WHERE campaign_id = :c", c=cat.campaign_id)
+    assert row["spent"] == 200_000  # the resync counted the grants that were in flight
+    later = [await enrolled(runtime, cat, m) for m in referrers]
+    await run_jobs(runtime)
+    statuses = sorted([(await rewards(runtime, referral))[0]["status"] for referral, _ in later])
+    assert statuses == ["pending", "skipped", "skipped"]
+
+
+async def test_a_grant_started_while_a_total_changes_waits_and_reads_the_new_total(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Admin
+) -> None:
+    cat = await make_catalogue(client, admin, budget_total={"amount": 1_000_000, "currency": "INR"})
+    referrers = await make_members(runtime, 2)
+    made = [await enrolled(runtime, cat, m) for m in referrers]
+    async with runtime.db.sessionmaker() as admin_tx, admin_tx.begin():
+        # The total lowered to one reward's worth, not committed yet ...
+        await budget.lock_total(admin_tx, cat.campaign_id)
+        await admin_tx.execute(
+            text("UPDATE campaigns SET budget_total_amount = 100000 WHERE id = :c"), {"c": cat.campaign_id}
+        )
+
+        async def grant() -> list[str]:
+            async with runtime.db.sessionmaker() as session, session.begin():
+                return await bulk.grant_many(session, 10, [r for r, _ in made])
+
+        granting = asyncio.create_task(grant())
+        await asyncio.sleep(0.5)
+        assert not granting.done()  # ... the grant waits for it ...
+    # ... and then charges against the new total, not the one it could have read before.
+    assert sorted(await granting) == ["budget_exhausted", "pending"]

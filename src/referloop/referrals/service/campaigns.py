@@ -219,6 +219,8 @@ async def update_campaign(
     except ValueError as exc:
         raise InvalidInput(str(exc)) from exc
     had_total = campaign.budget_total_amount is not None
+    if "budget_total" in changes:
+        await budget.lock_total(session, campaign.id)
     _apply_money_fields(campaign, changes)
     if not had_total and campaign.budget_total_amount is not None:
         await budget.resync_budget(session, campaign.id)

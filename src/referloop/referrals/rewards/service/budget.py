@@ -152,6 +152,35 @@ def counter_charges(charged_counters: list[dict[str, Any]]) -> list[dict[str, An
     return [c for c in charged_counters if not str(c.get("counter", "")).startswith("budget:")]
 
 
+# A campaign's total is read by grants under a shared lock, held to their commit, and changed under
+# the exclusive one: a change waits for the grants in flight (so a resync counts them, and none of
+# them charges against a total that changed after it read it), and grants that start meanwhile wait
+# for the change and read the new total. An advisory lock, not FOR SHARE on the campaign row:
+# concurrent grants would each write a MultiXact into that one row.
+_TOTAL_LOCK_KEY = "hashtextextended('campaign-total:' || CAST(c AS text), 0)"
+_HOLD_TOTALS = text(
+    f"SELECT count(pg_advisory_xact_lock_shared({_TOTAL_LOCK_KEY}))"  # noqa: S608 - fixed text
+    " FROM unnest(CAST(:ids AS uuid[])) AS c"
+)
+_LOCK_TOTAL = text(f"SELECT pg_advisory_xact_lock({_TOTAL_LOCK_KEY}) FROM (SELECT CAST(:id AS uuid) AS c) x")  # noqa: S608
+_TOTALS = text("SELECT id, budget_total_amount FROM campaigns WHERE id = ANY(CAST(:ids AS uuid[]))")
+
+
+async def hold_totals(session: AsyncSession, campaign_ids: set[uuid.UUID]) -> dict[uuid.UUID, int | None]:
+    """The campaigns' current totals, read under their shared total locks (held to commit)."""
+    ids = sorted(campaign_ids)
+    await session.execute(_HOLD_TOTALS, {"ids": ids})
+    # A statement of its own: its snapshot is taken after the locks, so a total changed by the
+    # transaction we waited for is seen.
+    rows = await session.execute(_TOTALS, {"ids": ids})
+    return {r.id: r.budget_total_amount for r in rows}
+
+
+async def lock_total(session: AsyncSession, campaign_id: uuid.UUID) -> None:
+    """Before a campaign's total changes: waits for the grants that read the old one to commit."""
+    await session.execute(_LOCK_TOTAL, {"id": campaign_id})
+
+
 async def spend_budget(session: AsyncSession, campaign_id: uuid.UUID, amount: int, total: int | None) -> bool:
     """Charge `amount` to the campaign's budget unless that would pass `total`."""
     spent = await session.scalar(_SPEND, {"campaign_id": campaign_id, "amount": amount, "total": total})

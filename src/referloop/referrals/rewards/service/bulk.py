@@ -173,6 +173,7 @@ async def grant_many(
         for r in await driver.fetch(_LOCK_COUNTERS, *columns):
             values[(r["campaign_id"], r["member_id"], r["counter"], r["period_start"])] = int(r["value"])
     start_values = dict(values)
+    totals = await budget.hold_totals(session, {row[3].id for row in claimed})
 
     spent: dict[uuid.UUID, int] = {}  # campaigns with a total: spent at the start + this batch
     batch_sum: dict[uuid.UUID, list[int]] = {}
@@ -219,7 +220,7 @@ async def grant_many(
             d.reason, d.basis = (computed.skip or SkipReason.zero_amount).value, computed.basis
             continue
         amount = computed.amount
-        total = campaign.budget_total_amount
+        total = totals[campaign.id]
         if total is not None:
             if campaign.id not in spent:
                 spent[campaign.id] = await budget.budget_spent_seeded(session, campaign.id)

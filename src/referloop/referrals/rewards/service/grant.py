@@ -267,7 +267,7 @@ async def grant(session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: boo
     amount = computed.amount
 
     # A cheap early answer for a spent budget (no lock); the guarded statement below decides.
-    total = campaign.budget_total_amount
+    total = (await budget.hold_totals(session, {campaign.id}))[campaign.id]
     if total is not None and await budget.budget_spent_seeded(session, campaign.id) + amount > total:
         return _skip(reward, SkipReason.budget_exhausted, amount, computed.basis)
 
