@@ -194,6 +194,11 @@ async def raw_connection(session: AsyncSession) -> Any:
     return driver if _raw_tracer is None else _TracedDriver(driver, _raw_tracer)
 
 
+def to_driver_dsn(url: str) -> str:
+    """The database URL as asyncpg itself takes it (without SQLAlchemy's `+asyncpg`)."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
 def to_asyncpg_url(url: str) -> str:
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):

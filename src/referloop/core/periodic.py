@@ -23,14 +23,19 @@ class PeriodicJob:
     interval_seconds: float
     run: Job
     full_batch: int | None = None  # a run that did this much (or more) is followed at once by another
+    wake_channel: str | None = None  # a NOTIFY on it runs the job at once (core/wakeups.py)
 
 
 periodic_jobs: dict[str, PeriodicJob] = {}
 
 
-def periodic(name: str, *, every: float, full_batch: int | None = None) -> Callable[[Job], Job]:
+def periodic(
+    name: str, *, every: float, full_batch: int | None = None, wake_channel: str | None = None
+) -> Callable[[Job], Job]:
     def register(fn: Job) -> Job:
-        periodic_jobs[name] = PeriodicJob(name=name, interval_seconds=every, run=fn, full_batch=full_batch)
+        periodic_jobs[name] = PeriodicJob(
+            name=name, interval_seconds=every, run=fn, full_batch=full_batch, wake_channel=wake_channel
+        )
         return fn
 
     return register

@@ -20,6 +20,7 @@ from referloop.core.outbox.drain import drain_once
 from referloop.core.outbox.relay import Relay
 from referloop.core.outbox.service import short_error
 from referloop.core.periodic import PeriodicJob
+from referloop.core.wakeups import Wakeups
 
 if TYPE_CHECKING:
     from referloop.runtime import Runtime
@@ -80,17 +81,35 @@ async def run_with_broker(rt: Runtime, registry: ConsumerRegistry, stop: asyncio
         await connection.close()
 
 
-async def run_periodic(rt: Runtime, job: PeriodicJob, stop: asyncio.Event) -> None:
-    """Call `job` every `interval_seconds` until stopped; at once again after a full batch. A failing
-    run is logged and retried at the next interval, never ending the worker."""
+async def run_periodic(
+    rt: Runtime, job: PeriodicJob, stop: asyncio.Event, wakeups: Wakeups | None = None
+) -> None:
+    """Call `job` every `interval_seconds` until stopped; at once again after a full batch, and when
+    its wake channel is notified. A failing run is logged and retried at the next interval, never
+    ending the worker."""
+    woken = wakeups.event(job.wake_channel) if wakeups is not None and job.wake_channel else None
     while not stop.is_set():
+        if woken is not None:
+            woken.clear()  # before the run: a notification during it makes the next run start at once
         try:
             done = await job.run(rt)
         except Exception as exc:
             log.error("periodic job failed", job=job.name, error=short_error(exc))
             done = 0
         if job.full_batch is None or done < job.full_batch:
-            await _sleep_unless_stopped(stop, job.interval_seconds)
+            await _sleep_until(stop, job.interval_seconds, woken)
+
+
+async def _sleep_until(stop: asyncio.Event, seconds: float, woken: asyncio.Event | None) -> None:
+    if woken is None:
+        await _sleep_unless_stopped(stop, seconds)
+        return
+    waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(woken.wait())}
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 async def run_worker(
@@ -100,7 +119,13 @@ async def run_worker(
     outbox = (
         run_with_broker(rt, registry, stop) if rt.settings.amqp_url else run_in_process(rt, registry, stop)
     )
-    tasks = [asyncio.ensure_future(outbox), *(asyncio.ensure_future(run_periodic(rt, j, stop)) for j in jobs)]
+    jobs = list(jobs)
+    wakeups = Wakeups(rt, sorted({j.wake_channel for j in jobs if j.wake_channel}))
+    tasks = [
+        asyncio.ensure_future(outbox),
+        asyncio.ensure_future(wakeups.run(stop)),
+        *(asyncio.ensure_future(run_periodic(rt, j, stop, wakeups)) for j in jobs),
+    ]
     try:
         await asyncio.gather(*tasks)
     finally:

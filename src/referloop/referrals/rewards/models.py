@@ -29,6 +29,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 from referloop.core.db import Base, IdMixin, SoftDeleteMixin, TimestampMixin, utcnow
 from referloop.referrals.models import BudgetPeriod
 
+# Notified (on commit) by a trigger on `rewards` when rewards are queued or asked back: it wakes the
+# worker's reward job (core/wakeups.py). Migration 0016 names it too.
+REWARDS_CHANNEL = "referloop_rewards"
+
 
 class Milestone(StrEnum):
     signed_up = "signed_up"
