@@ -141,6 +141,16 @@ async def report(
         return await apply_partner_outcome(session, rt, item, CTX)
 
 
+async def enrolled(rt: Runtime, cat: Any, referrer: uuid.UUID) -> tuple[uuid.UUID, str]:
+    """A new lead invited by `referrer` to the catalogue's program and reported enrolled: the
+    referral's id and the lead's email."""
+    email = lead_email()
+    referral = await invite(rt, referrer, cat.program_id, email=email)
+    result = await report(rt, cat.university_id, "enrolled", email=email)
+    assert result.status == "applied", result
+    return referral, email
+
+
 async def run_jobs(rt: Runtime, now: datetime | None = None) -> JobReport:
     return await run_until_idle(rt, now=now)
 

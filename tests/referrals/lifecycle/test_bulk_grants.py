@@ -5,7 +5,6 @@ and a bulk transaction that fails falls back to one grant per transaction."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import httpx
@@ -16,22 +15,13 @@ from referloop.referrals.rewards.service import budget, bulk
 from referloop.runtime import Runtime
 from tests.referrals.helpers import Admin, sql
 from tests.referrals.lifecycle.helpers import (
-    invite,
-    lead_email,
+    enrolled,
     make_catalogue,
     make_members,
     report,
     rewards,
     run_jobs,
 )
-
-
-async def enrolled(rt: Runtime, cat: Any, referrer: uuid.UUID) -> tuple[uuid.UUID, str]:
-    email = lead_email()
-    referral = await invite(rt, referrer, cat.program_id, email=email)
-    result = await report(rt, cat.university_id, "enrolled", email=email)
-    assert result.status == "applied"
-    return referral, email
 
 
 async def test_no_total_budget_keeps_no_budget_row(

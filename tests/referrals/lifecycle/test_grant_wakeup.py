@@ -18,14 +18,7 @@ from referloop.referrals.rewards.tasks import process_rewards
 from referloop.runtime import Runtime
 from tests.factories import db_value
 from tests.referrals.helpers import Admin
-from tests.referrals.lifecycle.helpers import (
-    invite,
-    lead_email,
-    make_catalogue,
-    make_members,
-    report,
-    rewards,
-)
+from tests.referrals.lifecycle.helpers import enrolled, make_catalogue, make_members, rewards
 
 POLL_SECONDS = 60.0  # far longer than the test waits: only a wake-up can grant in time
 
@@ -49,13 +42,6 @@ async def worker_job(runtime: Runtime) -> AsyncIterator[Wakeups]:
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
 
 
-async def enrol(rt: Runtime, cat: object, referrer: uuid.UUID) -> uuid.UUID:
-    email = lead_email()
-    referral = await invite(rt, referrer, cat.program_id, email=email)  # type: ignore[attr-defined]
-    assert (await report(rt, cat.university_id, "enrolled", email=email)).status == "applied"  # type: ignore[attr-defined]
-    return referral
-
-
 async def granted_within(rt: Runtime, referral: uuid.UUID, seconds: float) -> float | None:
     started = time.monotonic()
     while time.monotonic() - started < seconds:
@@ -70,7 +56,7 @@ async def test_a_queued_reward_is_granted_at_once_not_at_the_next_poll(
 ) -> None:
     cat = await make_catalogue(client, admin)
     [referrer] = await make_members(runtime, 1)
-    referral = await enrol(runtime, cat, referrer)
+    referral, _ = await enrolled(runtime, cat, referrer)
     took = await granted_within(runtime, referral, 5)
     assert took is not None and took < 5
 
@@ -87,5 +73,5 @@ async def test_the_listener_reconnects_after_its_connection_is_killed(
         assert time.monotonic() < deadline, "the listener did not reconnect"
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.3)  # the pass its reconnection woke is over
-    referral = await enrol(runtime, cat, referrer)
+    referral, _ = await enrolled(runtime, cat, referrer)
     assert await granted_within(runtime, referral, 5) is not None

@@ -15,6 +15,7 @@ from tests.referrals.helpers import Admin, sql
 from tests.referrals.lifecycle.helpers import (
     assert_ledger_sound,
     balance,
+    enrolled,
     invite,
     lead_email,
     make_catalogue,
@@ -25,13 +26,6 @@ from tests.referrals.lifecycle.helpers import (
     run_jobs,
     state_of,
 )
-
-
-async def enrolled_referral(rt: Runtime, cat: object, referrer: uuid.UUID) -> tuple[uuid.UUID, str]:
-    email = lead_email()
-    referral = await invite(rt, referrer, cat.program_id, email=email)  # type: ignore[attr-defined]
-    await report(rt, cat.university_id, "enrolled", email=email)  # type: ignore[attr-defined]
-    return referral, email
 
 
 async def spend(rt: Runtime, member: uuid.UUID, amount: int) -> None:
@@ -57,7 +51,7 @@ class TestReversalInsideTheHold:
     ) -> None:
         cat = await make_catalogue(client, admin, budget_total={"amount": 100_000, "currency": "INR"})
         (referrer,) = await make_members(runtime)
-        referral, email = await enrolled_referral(runtime, cat, referrer)
+        referral, email = await enrolled(runtime, cat, referrer)
         await run_jobs(runtime)
         assert (await balance(runtime, referrer)).pending == 100_000
 
@@ -74,7 +68,7 @@ class TestReversalInsideTheHold:
         assert budget["spent"] == 0
 
         # The budget is free again: another enrolment is paid.
-        other, _ = await enrolled_referral(runtime, cat, referrer)
+        other, _ = await enrolled(runtime, cat, referrer)
         await run_jobs(runtime)
         assert (await rewards(runtime, other))[0]["status"] == "pending"
         await assert_ledger_sound(runtime)
@@ -106,7 +100,7 @@ class TestClawbackAfterRelease:
     ) -> None:
         cat = await make_catalogue(client, admin)
         (referrer,) = await make_members(runtime)
-        referral, email = await enrolled_referral(runtime, cat, referrer)
+        referral, email = await enrolled(runtime, cat, referrer)
         later = datetime.now(UTC) + timedelta(days=31)
         await run_jobs(runtime, now=later)
         assert (await balance(runtime, referrer)).available == 100_000
@@ -127,7 +121,7 @@ class TestClawbackAfterRelease:
 
         # The next reward, once released, pays the debt first.
         await credit_member(runtime, referrer, 5_000)  # unrelated money arrives meanwhile
-        await enrolled_referral(runtime, cat, referrer)
+        await enrolled(runtime, cat, referrer)
         await run_jobs(runtime, now=later + timedelta(days=31))
         assert await owed(runtime, referrer) == 0
         assert (await balance(runtime, referrer)).available == 100_000 + 5_000 - 70_000
@@ -138,8 +132,8 @@ class TestClawbackAfterRelease:
     ) -> None:
         cat = await make_catalogue(client, admin)
         (referrer,) = await make_members(runtime)
-        first, e1 = await enrolled_referral(runtime, cat, referrer)
-        second, e2 = await enrolled_referral(runtime, cat, referrer)
+        first, e1 = await enrolled(runtime, cat, referrer)
+        second, e2 = await enrolled(runtime, cat, referrer)
         later = datetime.now(UTC) + timedelta(days=31)
         await run_jobs(runtime, now=later)
         await spend(runtime, referrer, 200_000)
@@ -147,7 +141,7 @@ class TestClawbackAfterRelease:
         await report(runtime, cat.university_id, "enrolment_cancelled", email=e2)
         await run_jobs(runtime, now=later)
         assert await owed(runtime, referrer) == 200_000
-        await enrolled_referral(runtime, cat, referrer)
+        await enrolled(runtime, cat, referrer)
         await run_jobs(runtime, now=later + timedelta(days=31))
         assert await owed(runtime, referrer) == 100_000
         assert (await balance(runtime, referrer)).available == 0
