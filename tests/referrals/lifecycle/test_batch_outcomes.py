@@ -15,7 +15,8 @@ import pytest
 from referloop.core.context import RequestContext
 from referloop.referrals.lifecycle.models import ActorType
 from referloop.referrals.lifecycle.service import OutcomeKind, OutcomeReport, OutcomeResult, outcomes, states
-from referloop.referrals.lifecycle.service.outcomes import apply_partner_outcome, apply_partner_outcomes
+from referloop.referrals.lifecycle.service.outcome_batches import apply_partner_outcomes
+from referloop.referrals.lifecycle.service.outcomes import apply_partner_outcome
 from referloop.runtime import Runtime
 from tests.referrals.helpers import Admin, sql
 from tests.referrals.lifecycle.helpers import (
@@ -176,14 +177,14 @@ async def test_a_mixed_batch_equals_its_items_one_at_a_time(
         async with runtime.db.sessionmaker() as session, session.begin():
             singly.append(await apply_partner_outcome(session, runtime, report, ctx, actor_id=one.key_id))
     one_by_one: list[str] = []
-    real_process = outcomes._process
+    real_process = outcomes.process_claimed
 
     async def counted(session: Any, rt: Any, report: OutcomeReport, *args: Any) -> OutcomeResult:
         one_by_one.append(report.external_ref)
         return await real_process(session, rt, report, *args)
 
     with monkeypatch.context() as patch:
-        patch.setattr(outcomes, "_process", counted)
+        patch.setattr(outcomes, "process_claimed", counted)
         async with runtime.db.sessionmaker() as session, session.begin():
             batched = await apply_partner_outcomes(session, runtime, items(many), ctx, actor_id=many.key_id)
     # Only the rare paths went item by item: the click, the two-referral applicant, and (since a

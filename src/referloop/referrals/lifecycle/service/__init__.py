@@ -1,6 +1,7 @@
 """The referral lifecycle's API for other packages (the partner API calls `apply_partner_outcome`).
 
-Modules: `states` (the state machine), `invites`, `signups`, `outcomes`, `queries`, `staff`,
+Modules: `states` (the state machine), `invites`, `signups`, `outcomes` (one partner report),
+`outcome_batches` (a partner's batch, set-wise), `queries`, `staff`,
 `expiry`, `leads` (contact data)."""
 
 from referloop.referrals.lifecycle.service.outcomes import (

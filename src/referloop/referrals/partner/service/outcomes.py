@@ -24,7 +24,7 @@ from referloop.referrals.lifecycle.service import (
     OutcomeResult,
     apply_partner_outcome,
 )
-from referloop.referrals.lifecycle.service.outcomes import apply_partner_outcomes
+from referloop.referrals.lifecycle.service.outcome_batches import apply_partner_outcomes
 from referloop.referrals.partner.schemas import (
     ITEM_STATUSES,
     OutcomeBatchResult,
