@@ -30,6 +30,7 @@ async def test_seed_demo_makes_accounts_that_sign_in_and_runs_twice_safely(runti
     token = r.json()["access_token"]
     me = await client.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
     assert me.json()["display_name"] == DEMO_MEMBERS[0][2]
+    assert me.json()["level"] == DEMO_MEMBERS[0][3] > 1  # levels are seeded too (staff-set, audited)
 
     # The referral side is alive: the catalogue is public, the campaign active, and the first demo
     # member has referrals in every state, with earnings from the rewarded one.

@@ -19,16 +19,18 @@ from referloop.core.ids import uuid7
 from referloop.identity.models import Role, User
 from referloop.identity.service.accounts import create_user
 from referloop.identity.service.sessions import Principal
+from referloop.identity.service.staff import set_level
 from referloop.referrals.lifecycle.models import Referral, ReferralState
 from referloop.referrals.models import Program, University
 from referloop.runtime import Runtime
 
 DEMO_PASSWORD = "demo-password-not-for-production"  # noqa: S105 - printed to the developer on purpose
+# email, phone, name, member level (campaigns can require a minimum level)
 DEMO_MEMBERS = [
-    ("asha@demo.referloop.dev", "+919812340001", "Asha Rao"),
-    ("bilal@demo.referloop.dev", "+919812340002", "Bilal Khan"),
-    ("chen@demo.referloop.dev", None, "Chen Wei"),
-    ("dara@demo.referloop.dev", None, "Dara Okafor"),
+    ("asha@demo.referloop.dev", "+919812340001", "Asha Rao", 3),
+    ("bilal@demo.referloop.dev", "+919812340002", "Bilal Khan", 2),
+    ("chen@demo.referloop.dev", None, "Chen Wei", 1),
+    ("dara@demo.referloop.dev", None, "Dara Okafor", 1),
 ]
 DEMO_STAFF = [
     ("admin@demo.referloop.dev", Role.admin, "Demo Admin"),
@@ -43,7 +45,7 @@ SeedStep = Callable[[AsyncSession, Runtime], Awaitable[list[str]]]
 
 async def seed_identity(session: AsyncSession, rt: Runtime) -> list[str]:
     lines = []
-    people = [(e, p, n, Role.member) for e, p, n in DEMO_MEMBERS] + [
+    people = [(e, p, n, Role.member) for e, p, n, _ in DEMO_MEMBERS] + [
         (e, None, n, r) for e, r, n in DEMO_STAFF
     ]
     inviter_code: str | None = None
@@ -63,6 +65,12 @@ async def seed_identity(session: AsyncSession, rt: Runtime) -> list[str]:
             lines.append(f"created {role.value:8} {email}")
         if inviter_code is None and role is Role.member:
             inviter_code = user.referral_code
+    admin = await _demo_admin(session)
+    for email, _, _, level in DEMO_MEMBERS:
+        member = await session.scalar(select(User).where(User.email == email, User.deleted_at.is_(None)))
+        if member is not None and member.level != level:
+            await set_level(session, admin, member.id, level, SEED_CONTEXT)  # audited, as staff would
+            lines.append(f"set level {level}        {email}")
     return lines
 
 
