@@ -13,6 +13,7 @@ from referloop.config import Settings, get_settings
 from referloop.core.errors import install_error_handlers, install_problem_openapi, problem_responses
 from referloop.core.middleware import EdgeMiddleware
 from referloop.core.observability import configure_logging, configure_tracing
+from referloop.core.startup import freeze_startup_objects
 from referloop.core.system_routes import NotReady
 from referloop.core.system_routes import router as system_router
 from referloop.disputes.routes import router as disputes_router
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        freeze_startup_objects()
         yield
         if runtime is None:  # a runtime handed in belongs to the caller
             await rt.close()

@@ -14,6 +14,7 @@ from referloop.core.observability import configure_logging
 from referloop.core.outbox.consumers import ConsumerRegistry, registry
 from referloop.core.outbox.runner import run_worker
 from referloop.core.periodic import periodic_jobs
+from referloop.core.startup import freeze_startup_objects
 from referloop.runtime import Runtime
 
 TASK_MODULES = (
@@ -40,8 +41,10 @@ async def serve_worker(rt: Runtime) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    registry = load_task_modules()
+    freeze_startup_objects()
     try:
-        await run_worker(rt, load_task_modules(), stop, list(periodic_jobs.values()))
+        await run_worker(rt, registry, stop, list(periodic_jobs.values()))
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
