@@ -25,8 +25,10 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# --dist load, not loadfile: under loadfile the schemathesis suites (one test per API operation)
+# ran as a single item, 1 test instead of 119, and most operations went unfuzzed.
 pytest: install
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -q
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist load -q
 
 test: lint typecheck pytest
 
