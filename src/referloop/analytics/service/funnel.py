@@ -120,7 +120,8 @@ def bounded_range(
     """The range a funnel request asks for: `to` defaults to today, `from` to 29 days before `to`;
     refused (BadRange, 422) when reversed or longer than MAX_PERIODS periods."""
     last = date_to or today
-    first = date_from or last - timedelta(days=DEFAULT_DAYS - 1)
+    # The default window stops at the calendar's first day (a `to` in year 1 would overflow).
+    first = date_from or date.fromordinal(max(1, last.toordinal() - (DEFAULT_DAYS - 1)))
     if first > last:
         raise BadRange("`from` must not be after `to`.")
     periods = (last - first).days // (7 if granularity is Granularity.week else 1) + 1
