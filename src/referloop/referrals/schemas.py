@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from referloop.core.validation import StrictModel
+from referloop.core.validation import Instant, StrictModel
 from referloop.identity.models import MAX_MEMBER_LEVEL, KycStatus
 from referloop.referrals.models import BudgetPeriod, CampaignState, ProgramLevel
 
@@ -218,8 +218,8 @@ class CampaignCreate(StrictModel):
     name: Name
     description: Description = ""
     program_ids: list[uuid.UUID] = Field(min_length=1, max_length=500)
-    starts_at: datetime
-    ends_at: datetime | None = None
+    starts_at: Instant
+    ends_at: Instant | None = None
     priority: StrictInt = Field(
         default=0, ge=-1000, le=1000, description="Higher wins when campaigns overlap."
     )
@@ -258,8 +258,8 @@ class CampaignUpdate(StrictModel):
     name: Name | None = None
     description: Description | None = None
     program_ids: list[uuid.UUID] | None = Field(default=None, min_length=1, max_length=500)
-    starts_at: datetime | None = None
-    ends_at: datetime | None = None
+    starts_at: Instant | None = None
+    ends_at: Instant | None = None
     priority: StrictInt | None = Field(default=None, ge=-1000, le=1000)
     budget_total: Money | None = None
     per_referrer_cap: ReferrerCap | None = None

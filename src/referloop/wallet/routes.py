@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from referloop.core.deps import ReadSession, RuntimeDep
 from referloop.core.errors import InvalidInput, problem_responses
 from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from referloop.core.validation import Instant
 from referloop.identity.deps import CurrentMember
 from referloop.wallet import service
 from referloop.wallet.schemas import TransactionOut, TransactionStatus, WalletOut
@@ -23,8 +24,8 @@ Currency = Annotated[str | None, Query(pattern=r"^[A-Z]{3}$", description="ISO 4
 Types = Annotated[
     list[str] | None, Query(alias="type", max_length=20, description="Repeat to match several types")
 ]
-Since = Annotated[datetime | None, Query(description="From this time (inclusive), RFC 3339")]
-Until = Annotated[datetime | None, Query(description="Before this time (exclusive), RFC 3339")]
+Since = Annotated[Instant | None, Query(description="From this time (inclusive), RFC 3339")]
+Until = Annotated[Instant | None, Query(description="Before this time (exclusive), RFC 3339")]
 
 CSV_COLUMNS = [
     "id",

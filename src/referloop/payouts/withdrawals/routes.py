@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, status
@@ -18,6 +17,7 @@ from referloop.core.idempotency import (
     run_idempotent,
 )
 from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from referloop.core.validation import Instant
 from referloop.identity.deps import CurrentMember
 from referloop.payouts.withdrawals.models import WithdrawalState
 from referloop.payouts.withdrawals.schemas import CancelBody, WithdrawalCreate, WithdrawalOut
@@ -73,8 +73,8 @@ async def list_withdrawals(
     session: ReadSession,
     state: WithdrawalState | None = None,
     currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
-    created_from: Annotated[datetime | None, Query(description="Created at or after (RFC 3339)")] = None,
-    created_to: Annotated[datetime | None, Query(description="Created before (RFC 3339)")] = None,
+    created_from: Annotated[Instant | None, Query(description="Created at or after (RFC 3339)")] = None,
+    created_to: Annotated[Instant | None, Query(description="Created before (RFC 3339)")] = None,
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
 ) -> Page[WithdrawalOut]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -14,6 +13,7 @@ from referloop.core.deps import ContextDep, ReadSession, RuntimeDep, WriteSessio
 from referloop.core.errors import problem_responses
 from referloop.core.idempotency import idempotency_key_header, request_fingerprint, run_idempotent
 from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from referloop.core.validation import Instant
 from referloop.identity.deps import FinanceStaff
 from referloop.payouts.withdrawals.models import WithdrawalState
 from referloop.payouts.withdrawals.schemas import MarkFailedBody, MarkPaidBody, RejectBody, StaffWithdrawalOut
@@ -36,8 +36,8 @@ async def staff_list(
     member_id: uuid.UUID | None = None,
     provider: PayoutProviderName | None = None,
     currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
-    created_from: Annotated[datetime | None, Query(description="Created at or after (RFC 3339)")] = None,
-    created_to: Annotated[datetime | None, Query(description="Created before (RFC 3339)")] = None,
+    created_from: Annotated[Instant | None, Query(description="Created at or after (RFC 3339)")] = None,
+    created_to: Annotated[Instant | None, Query(description="Created before (RFC 3339)")] = None,
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
 ) -> Page[StaffWithdrawalOut]:

@@ -19,6 +19,7 @@ from referloop.core.idempotency import (
     run_idempotent,
 )
 from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from referloop.core.validation import Instant
 from referloop.identity.deps import CurrentMember
 from referloop.referrals.lifecycle.models import ReferralState
 from referloop.referrals.lifecycle.schemas import InviteRequest, ReferralDetail, ReferralOut, ReferralStats
@@ -79,8 +80,8 @@ async def list_referrals(
     session: ReadSession,
     state: ReferralState | None = None,
     program_id: uuid.UUID | None = None,
-    since: Annotated[datetime | None, Query(description="Made at or after (RFC 3339)")] = None,
-    until: Annotated[datetime | None, Query(description="Made before (RFC 3339)")] = None,
+    since: Annotated[Instant | None, Query(description="Made at or after (RFC 3339)")] = None,
+    until: Annotated[Instant | None, Query(description="Made before (RFC 3339)")] = None,
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
 ) -> Page[ReferralOut]:

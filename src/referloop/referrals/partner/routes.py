@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import AwareDatetime
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from referloop.core.deps import ContextDep, RuntimeDep, WriteSession
@@ -22,6 +21,7 @@ from referloop.core.idempotency import (
     run_idempotent,
 )
 from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
+from referloop.core.validation import AwareInstant
 from referloop.referrals.lifecycle.models import ReferralState
 from referloop.referrals.partner.deps import CurrentPartner, note_call
 from referloop.referrals.partner.errors import CsvRefused, PayloadTooLarge, UnsupportedMediaType
@@ -72,7 +72,7 @@ async def list_referrals(
     state: ReferralState | None = None,
     program_id: Annotated[uuid.UUID | None, Query(description="One of your programs")] = None,
     updated_since: Annotated[
-        AwareDatetime | None,
+        AwareInstant | None,
         Query(description="Changed at or after (RFC 3339 with a time zone), to sync what changed"),
     ] = None,
     cursor: Cursor = None,

@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal, get_args
 from limits import parse
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -20,7 +19,7 @@ from pydantic import (
 )
 
 from referloop.core.errors import FieldError
-from referloop.core.validation import Email, Phone, StrictModel
+from referloop.core.validation import AwareInstant, Email, Phone, StrictModel
 from referloop.referrals.lifecycle.models import ActorType, ReferralState
 from referloop.referrals.lifecycle.schemas import RefereeOut
 
@@ -85,7 +84,7 @@ class ApiKeyCreate(StrictModel):
 
 
 class ApiKeyRotate(StrictModel):
-    previous_expires_at: AwareDatetime | None = Field(
+    previous_expires_at: AwareInstant | None = Field(
         default=None,
         description="Until when the old key keeps working (default: in 24 hours; at most 30 days; "
         "now or earlier ends it at once). After it, the old key answers 401.",
@@ -163,7 +162,7 @@ class OutcomeItem(StrictModel):
 
     external_id: PrintableId
     type: OutcomeType
-    occurred_at: AwareDatetime
+    occurred_at: AwareInstant
     referral_id: uuid.UUID | None = None
     click_id: uuid.UUID | None = None
     email: Email | None = None
