@@ -53,7 +53,7 @@ class Wakeups:
             lost = asyncio.Event()
             try:
                 connection = await asyncpg.connect(self._dsn, timeout=10)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            except Exception as exc:  # the worker's other loops must outlive any listener failure
                 pause = _RECONNECT_PAUSE_SECONDS[min(failures, len(_RECONNECT_PAUSE_SECONDS) - 1)]
                 failures += 1
                 log.warning("wake-up listener cannot connect", error=str(exc), retry_in_seconds=pause)
@@ -73,7 +73,7 @@ class Wakeups:
                 await asyncio.wait({stopping, dropped}, return_when=asyncio.FIRST_COMPLETED)
                 stopping.cancel()
                 dropped.cancel()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:
                 log.warning("wake-up listener lost its connection", error=str(exc))
             finally:
                 self.listening.clear()
