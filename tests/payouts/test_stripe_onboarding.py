@@ -29,6 +29,7 @@ from tests.fakes import FakeStripe, provider_settings
 from tests.payouts.test_withdrawals_support import (
     assert_reconciles,
     balance,
+    end_cool_down,
     provider_overrides,
     request_withdrawal,
     run_submissions,
@@ -201,11 +202,7 @@ class TestOnboarding:
         # The 24-hour cool-down runs from the activation.
         cooling = await request_withdrawal(stp.client, member, added["id"], 4_200, "USD")
         assert cooling.status_code == 409 and cooling.json()["code"] == "payout_method_cooling_down"
-        await db_rows(
-            stp.rt,
-            "UPDATE payout_methods SET usable_from = now() - interval '1 second' WHERE id = :m",
-            m=added["id"],
-        )
+        await end_cool_down(stp.rt, added["id"])
 
         w = await request_withdrawal(stp.client, member, added["id"], 4_200, "USD")
         assert w.status_code == 201, w.text
@@ -232,11 +229,7 @@ class TestOnboarding:
         assert event["data"]["object"]["payouts_enabled"] is False
         assert (await stp.deliver(headers, body)).status_code == 200
         assert (await stp.method(member, method["id"]))["status"] == "pending_onboarding"
-        await db_rows(
-            stp.rt,
-            "UPDATE payout_methods SET usable_from = now() - interval '1 day' WHERE id = :m",
-            m=method["id"],
-        )
+        await end_cool_down(stp.rt, method["id"])
         refused = await request_withdrawal(stp.client, member, method["id"], 1_000, "USD")
         assert refused.status_code == 409 and refused.json()["code"] == "payout_method_not_active"
         assert await balance(stp.rt, member.id, "USD") == ledger.MemberBalance("USD", 0, 5_000, 0)
@@ -255,11 +248,7 @@ class TestOnboarding:
         stp.fake.restrict(account)
         assert (await stp.deliver(*stp.fake.webhook(account)[:2])).status_code == 200
         assert (await stp.method(member, method["id"]))["status"] == "restricted"
-        await db_rows(
-            stp.rt,
-            "UPDATE payout_methods SET usable_from = now() - interval '1 day' WHERE id = :m",
-            m=method["id"],
-        )
+        await end_cool_down(stp.rt, method["id"])
         refused = await request_withdrawal(stp.client, member, method["id"], 1_000, "USD")
         assert refused.status_code == 409 and refused.json()["code"] == "payout_method_not_active"
         link = await stp.client.post(
@@ -287,11 +276,7 @@ class TestOnboarding:
         method, account = await stp.added(member)
         stp.fake.complete_onboarding(account)
         assert (await stp.deliver(*stp.fake.webhook(account)[:2])).status_code == 200
-        await db_rows(
-            stp.rt,
-            "UPDATE payout_methods SET usable_from = now() - interval '1 second' WHERE id = :m",
-            m=method["id"],
-        )
+        await end_cool_down(stp.rt, method["id"])
         w = await request_withdrawal(stp.client, member, method["id"], 1_000, "USD")
         assert w.status_code == 201, w.text
         assert await balance(stp.rt, member.id, "USD") == ledger.MemberBalance("USD", 0, 4_000, 1_000)

@@ -121,7 +121,8 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
-def event_base(referral: Referral) -> dict[str, Any]:
+def event_base(referral: Referral | MovedReferral) -> dict[str, Any]:
+    """The fields every lifecycle event carries: from the ORM row, or from a batch's moved row."""
     return {
         "referral_id": str(referral.id),
         "referrer_id": str(referral.member_id),
@@ -440,16 +441,6 @@ class Move:
     noted: bool = False
 
 
-def _row_event_base(referral: MovedReferral) -> dict[str, Any]:
-    return {
-        "referral_id": str(referral.id),
-        "referrer_id": str(referral.member_id),
-        "program_id": str(referral.program_id) if referral.program_id else None,
-        "university_id": str(referral.university_id) if referral.university_id else None,
-        "campaign_id": str(referral.campaign_id) if referral.campaign_id else None,
-    }
-
-
 _AUDIT_CHUNK = 500
 
 _HISTORY_MANY = """
@@ -554,7 +545,7 @@ async def write_moves(
             [
                 json.dumps(
                     {
-                        **_row_event_base(m.referral),
+                        **event_base(m.referral),
                         "from_state": m.from_state,
                         "to_state": m.to_state,
                         "at": _iso(m.at),

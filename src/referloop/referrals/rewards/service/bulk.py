@@ -29,14 +29,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop import ledger
 from referloop.core.db import raw_connection, utcnow
 from referloop.core.ids import uuid7
 from referloop.referrals.lifecycle.models import Referral, ReferralState
-from referloop.referrals.models import Campaign, Program
+from referloop.referrals.models import Campaign
 from referloop.referrals.rewards.models import (
     Reward,
     RewardRule,
@@ -48,9 +47,11 @@ from referloop.referrals.rewards.service import budget, events
 from referloop.referrals.rewards.service.grant import (
     cap_checks,
     compute_amount,
+    fee_of,
     recipient_of,
     release_moment,
     tier_counter,
+    with_terms,
 )
 
 
@@ -127,24 +128,13 @@ FROM unnest(CAST($2 AS uuid[]), CAST($3 AS text[])) AS e(id, payload)
 """
 
 
-def _fee(referral: Referral, program_fee: tuple[int | None, str | None]) -> tuple[int | None, str | None]:
-    if referral.fee_amount is not None and referral.fee_currency:
-        return referral.fee_amount, referral.fee_currency
-    return program_fee
-
-
 async def grant_many(
     session: AsyncSession, limit: int, referral_ids: Sequence[uuid.UUID] | None = None
 ) -> list[str]:
     """Grant up to `limit` queued rewards in the caller's transaction (see the module doc). Returns
     each claimed reward's outcome ("pending" or a skip reason); an empty list when none was free."""
     stmt = (
-        select(Referral, Reward, RewardRule, Campaign, Program.fee_amount, Program.fee_currency)
-        .select_from(Referral)
-        .join(Reward, Reward.referral_id == Referral.id)
-        .join(RewardRule, RewardRule.id == Reward.rule_id)
-        .join(Campaign, Campaign.id == RewardRule.campaign_id)
-        .outerjoin(Program, Program.id == Reward.program_id)
+        with_terms()
         .where(Reward.status == RewardStatus.queued.value, Referral.state != ReferralState.fraud_hold.value)
         .order_by(Reward.reached_at, Reward.id)
         .limit(limit)
@@ -205,7 +195,7 @@ async def grant_many(
             values[key] += 1  # counted whether or not a cap later refuses the reward
             enrolment_number = values[key]
         fee = (
-            _fee(referral, (fee_amount, fee_currency))
+            fee_of(referral, (fee_amount, fee_currency))
             if rule.kind == RuleKind.percent.value
             else (None, None)
         )

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop import ledger
@@ -108,6 +108,19 @@ class _Locked:
     program_fee: tuple[int | None, str | None]
 
 
+def with_terms() -> Select[Referral, Reward, RewardRule, Campaign, int, str]:
+    """Rewards with their referral, rule, campaign and the program's listed fee (amount, currency):
+    what a grant decides on, for one reward or a bulk batch."""
+    return (
+        select(Referral, Reward, RewardRule, Campaign, Program.fee_amount, Program.fee_currency)
+        .select_from(Referral)
+        .join(Reward, Reward.referral_id == Referral.id)
+        .join(RewardRule, RewardRule.id == Reward.rule_id)
+        .join(Campaign, Campaign.id == RewardRule.campaign_id)
+        .outerjoin(Program, Program.id == Reward.program_id)
+    )
+
+
 async def _lock_with_terms(
     session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: bool
 ) -> _Locked | None:
@@ -115,12 +128,7 @@ async def _lock_with_terms(
     order), and read the rule, its campaign and the program's listed fee alongside."""
     row = (
         await session.execute(
-            select(Referral, Reward, RewardRule, Campaign, Program.fee_amount, Program.fee_currency)
-            .select_from(Referral)
-            .join(Reward, Reward.referral_id == Referral.id)
-            .join(RewardRule, RewardRule.id == Reward.rule_id)
-            .join(Campaign, Campaign.id == RewardRule.campaign_id)
-            .outerjoin(Program, Program.id == Reward.program_id)
+            with_terms()
             .where(Reward.id == reward_id)
             .with_for_update(of=[Referral, Reward], skip_locked=skip_locked)
             .execution_options(populate_existing=True)
@@ -140,7 +148,7 @@ def _skip(reward: Reward, reason: SkipReason, amount: int | None = None, basis: 
     return reason.value
 
 
-def _fee(referral: Referral, program_fee: tuple[int | None, str | None]) -> tuple[int | None, str | None]:
+def fee_of(referral: Referral, program_fee: tuple[int | None, str | None]) -> tuple[int | None, str | None]:
     """The fee the partner reported, else the program's listed fee."""
     if referral.fee_amount is not None and referral.fee_currency:
         return referral.fee_amount, referral.fee_currency
@@ -253,7 +261,7 @@ async def grant(session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: boo
             limit=None,
         )
     fee_amount, fee_currency = (
-        _fee(referral, locked.program_fee) if rule.kind == RuleKind.percent.value else (None, None)
+        fee_of(referral, locked.program_fee) if rule.kind == RuleKind.percent.value else (None, None)
     )
     computed = compute_amount(
         rule,
