@@ -2,10 +2,14 @@
 
 A trigger (or a statement) in the writer's transaction calls `pg_notify(channel, '')`; PostgreSQL
 delivers it only when that transaction commits, so a woken job always sees the rows that woke it,
-and several writes in one transaction wake it once. The worker holds one connection that listens
-on every channel its jobs name. Polling stays as the fallback (and for work that falls due with
-time, such as a hold ending): a notification lost while the connection was down is covered by
-waking every job on reconnect."""
+and several writes in one transaction wake it once. The price: a transaction that notifies takes a
+cluster-wide lock before its commit and holds it until the commit is flushed, so notifying
+transactions commit one at a time (measured: ~4,100 small write transactions per second without a
+NOTIFY, ~1,300 with one, 16 clients on 2 cores). So notify only when there is work (rewards: the
+statements that queued some), and never from paths as common as the outbox, which keeps polling.
+The worker holds one connection that listens on every channel its jobs name. Polling stays as the
+fallback (and for work that falls due with time, such as a hold ending): a notification lost while
+the connection was down is covered by waking every job on reconnect."""
 
 from __future__ import annotations
 
