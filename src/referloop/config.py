@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     """AES-256-GCM keys for personal fields, `kid:base64key,...`; the first encrypts, all decrypt (`referloop keys rotate`)."""
     access_token_ttl_seconds: int = Field(default=15 * 60, ge=60, le=3600)
     """Access token lifetime."""
+    access_token_cache_size: int = Field(default=16_384, ge=0, le=1_000_000)
+    """Access tokens whose signature each API process remembers as checked (about 600 bytes each; 0 checks every request). Size it to the members active within one token lifetime per process: past that, a token cycling back has left the cache and costs one Ed25519 check again."""
     refresh_token_ttl_days: int = Field(default=30, ge=1, le=365)
     """Refresh token (and session) lifetime."""
     refresh_reuse_grace_seconds: int = Field(default=10, ge=0, le=60)

@@ -63,7 +63,10 @@ class Runtime:
             ),
             redis=create_redis(settings.redis_url),
             signer=TokenSigner(
-                [SigningKey.from_pem(p) for p in pems], settings.jwt_issuer, settings.access_token_ttl_seconds
+                [SigningKey.from_pem(p) for p in pems],
+                settings.jwt_issuer,
+                settings.access_token_ttl_seconds,
+                verified_cache_size=settings.access_token_cache_size,
             ),
             passwords=Passwords(
                 settings.argon2_time_cost, settings.argon2_memory_cost_kib, settings.argon2_parallelism

@@ -210,3 +210,26 @@ class TestJwks:
 
         # A server that never heard of the new key refuses its tokens.
         await assert_refused(client, pair["access_token"])
+
+
+class TestVerifiedTokenCache:
+    @pytest.mark.parametrize(("size", "second_round_hits"), [(8, 3), (2, 0), (0, 0)])
+    async def test_the_cache_holds_at_most_its_setting_and_every_token_still_works(
+        self,
+        client: httpx.AsyncClient,
+        app_factory: Callable[..., FastAPI],
+        size: int,
+        second_round_hits: int,
+    ) -> None:
+        members = [await register_member(client) for _ in range(3)]
+        app = app_factory(access_token_cache_size=size)
+        signer = app.state.runtime.signer
+        async with asgi_client(app) as c:
+            for _ in range(2):
+                for m in members:
+                    r = await c.get("/v1/me", headers=m.auth)
+                    assert r.status_code == 200 and r.json()["id"] == m.id
+        info = signer.verified_cache_info()
+        assert info.maxsize == size and info.currsize == min(size, 3)
+        # Three tokens cycling through a cache of two never hit: each check is a signature check.
+        assert (info.hits, info.misses) == (second_round_hits, 6 - second_round_hits)

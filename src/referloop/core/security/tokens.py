@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 ALGORITHM = "EdDSA"
 MAX_TOKEN_LENGTH = 4096
-VERIFIED_CACHE_SIZE = 16_384  # about 10 MB of recently verified tokens per process
+VERIFIED_CACHE_SIZE = 16_384  # the default of `access_token_cache_size`: about 10 MB per process
 
 
 def _b64url(data: bytes) -> str:
@@ -89,7 +89,14 @@ class AccessClaims:
 
 
 class TokenSigner:
-    def __init__(self, keys: list[SigningKey], issuer: str, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        keys: list[SigningKey],
+        issuer: str,
+        ttl_seconds: int,
+        *,
+        verified_cache_size: int = VERIFIED_CACHE_SIZE,
+    ) -> None:
         if not keys:
             raise ValueError("at least one signing key is required")
         self.keys = keys
@@ -97,7 +104,11 @@ class TokenSigner:
         self.issuer = issuer
         self.ttl = timedelta(seconds=ttl_seconds)
         # Failures raise, so only valid tokens are cached; the cache belongs to this signer (its keys).
-        self._verify_signature = lru_cache(maxsize=VERIFIED_CACHE_SIZE)(self._verify_uncached)
+        self._verify_signature = lru_cache(maxsize=verified_cache_size)(self._verify_uncached)
+
+    def verified_cache_info(self) -> Any:
+        """Hits, misses and size of the verified-token cache (functools' CacheInfo)."""
+        return self._verify_signature.cache_info()
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [k.jwk() for k in self.keys]}
