@@ -159,6 +159,10 @@ class TestReading:
         future = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
         assert await listed(since=future) == []
         assert await listed(until=future) == ids[::-1]
+        naive = await client.get(
+            "/v1/referrals", params={"since": "2027-01-01T00:00:00"}, headers=referrer.auth
+        )
+        assert naive.status_code == 422 and "since" in naive.text  # which day is that? we don't guess
 
         seen, cursor = [], None
         while True:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, status
@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from referloop.analytics.service.funnel import Granularity
 from referloop.core.deps import ContextDep, ReadSession, RuntimeDep, WriteSession
-from referloop.core.errors import InvalidInput, problem_responses
+from referloop.core.errors import problem_responses
 from referloop.core.idempotency import (
     idempotency_key_header,
     member_scope,
@@ -19,7 +19,7 @@ from referloop.core.idempotency import (
     run_idempotent,
 )
 from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
-from referloop.core.validation import Instant
+from referloop.core.validation import AwareInstant
 from referloop.identity.deps import CurrentMember
 from referloop.referrals.lifecycle.models import ReferralState
 from referloop.referrals.lifecycle.schemas import InviteRequest, ReferralDetail, ReferralOut, ReferralStats
@@ -30,12 +30,6 @@ router = APIRouter(prefix="/v1/referrals", tags=["referrals: lifecycle"], respon
 Cursor = Annotated[str | None, Query(max_length=300, pattern=r"^[A-Za-z0-9_-]+$")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 IdempotencyKey = Annotated[str, Depends(idempotency_key_header)]
-
-
-def _aware(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise InvalidInput(f"`{name}` needs a time zone, for example 2027-01-01T00:00:00Z.")
-    return value
 
 
 @router.post(
@@ -80,8 +74,12 @@ async def list_referrals(
     session: ReadSession,
     state: ReferralState | None = None,
     program_id: uuid.UUID | None = None,
-    since: Annotated[Instant | None, Query(description="Made at or after (RFC 3339)")] = None,
-    until: Annotated[Instant | None, Query(description="Made before (RFC 3339)")] = None,
+    since: Annotated[
+        AwareInstant | None, Query(description="Made at or after (RFC 3339, with a time zone)")
+    ] = None,
+    until: Annotated[
+        AwareInstant | None, Query(description="Made before (RFC 3339, with a time zone)")
+    ] = None,
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
 ) -> Page[ReferralOut]:
@@ -89,8 +87,8 @@ async def list_referrals(
     filters = queries.ReferralFilters(
         state=state,
         program_id=program_id,
-        since=_aware(since, "since"),
-        until=_aware(until, "until"),
+        since=since,
+        until=until,
         member_id=principal.user_id,
     )
     rows, next_cursor = await queries.list_referrals(session, filters, cursor=cursor, limit=limit)
