@@ -203,14 +203,33 @@ def settings_doc(
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
-    """Recompute every audit chain; exit 1 and list every changed or missing row (chain and seq)."""
+def audit_verify(
+    anchor: Annotated[
+        Path | None,
+        typer.Option(
+            help="A file of anchors (`audit anchor` lines): also check that each anchored row is still there",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
+) -> None:
+    """Recompute every audit chain; exit 1 and list every changed or missing row (chain and seq).
+    With --anchor, a chain cut back or rewritten after an anchor is found too."""
+    from referloop.compliance.audit import ChainHead, check_anchors, parse_anchors, verify_chain
+
+    heads: list[ChainHead] = []
+    if anchor is not None:
+        try:
+            heads = parse_anchors(anchor.read_text())
+        except ValueError as exc:
+            typer.echo(f"{anchor}: {exc}", err=True)
+            raise typer.Exit(2) from exc
 
     async def run(rt: Runtime) -> tuple[int, list[Any]]:
-        from referloop.compliance.audit import verify_chain
-
         async with rt.db.sessionmaker() as session:
-            return await verify_chain(session)
+            count, problems = await verify_chain(session)
+            return count, problems + await check_anchors(session, heads)
 
     count, problems = with_runtime(run)
     for p in problems:
@@ -218,7 +237,30 @@ def audit_verify() -> None:
     if problems:
         typer.echo(f"audit chain BROKEN: {len(problems)} problem(s) in {count} rows", err=True)
         raise typer.Exit(1)
-    typer.echo(f"audit chain intact: {count} rows")
+    anchored = f", {len(heads)} anchored row(s) in place" if anchor is not None else ""
+    typer.echo(f"audit chain intact: {count} rows{anchored}")
+
+
+@audit_app.command("anchor")
+def audit_anchor(
+    output: Annotated[
+        Path | None, typer.Option(help="Also append the line to this file", dir_okay=False)
+    ] = None,
+) -> None:
+    """Print the head of every audit chain as one JSON line, to keep outside the database (a log
+    shipper, locked object storage): `audit verify --anchor` then finds a chain cut back behind it."""
+    from referloop.compliance.audit import anchor_line, chain_heads
+    from referloop.core.db import utcnow
+
+    async def run(rt: Runtime) -> str:
+        async with rt.db.sessionmaker() as session:
+            return anchor_line(await chain_heads(session), utcnow())
+
+    line = with_runtime(run)
+    if output is not None:
+        with output.open("a") as f:
+            f.write(line + "\n")
+    typer.echo(line)
 
 
 def main() -> None:

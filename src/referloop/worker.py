@@ -19,6 +19,7 @@ from referloop.runtime import Runtime
 
 TASK_MODULES = (
     "referloop.analytics.tasks",
+    "referloop.compliance.audit.tasks",
     "referloop.ledger.tasks",
     "referloop.notifications.tasks",
     "referloop.payouts.withdrawals.tasks",

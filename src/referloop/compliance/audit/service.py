@@ -248,3 +248,98 @@ async def verify_chain(session: AsyncSession) -> tuple[int, list[ChainProblem]]:
             problems.append(ChainProblem(chain, row.seq, "row content does not match its hash (edited)"))
         prev_hash, expected_seq = bytes(row.row_hash), row.seq + 1
     return count, problems
+
+
+# --- Anchors -------------------------------------------------------------------------------------
+# A chain proves that no row inside it changed, but not that its newest rows are all still there:
+# someone who can write to the database can cut a chain back (or cut it and append rows hashed
+# anew), and what is left still verifies. An anchor is the head of every chain (chain, seq, hash)
+# written down somewhere the database's users cannot reach (a log shipper, object storage with a
+# retention lock, a ticket). `verify --anchor` then checks that each anchored row is still there
+# with the same hash: every row up to it is covered by the links that lead to it.
+
+ANCHOR_FORMAT = "referloop.audit-anchor.v1"
+
+_HEADS = text(
+    "SELECT h.chain, h.seq, h.row_hash FROM generate_series(0, CAST(:chains AS int) - 1) AS c(chain)"
+    " CROSS JOIN LATERAL (SELECT a.chain, a.seq, a.row_hash FROM audit_log a WHERE a.chain = c.chain"
+    "  ORDER BY a.seq DESC LIMIT 1) AS h"
+)
+
+_ANCHORED_ROWS = text(
+    "SELECT a.chain, a.seq, a.row_hash FROM audit_log a"
+    " JOIN unnest(CAST(:chains AS smallint[]), CAST(:seqs AS bigint[])) AS k(chain, seq)"
+    " ON a.chain = k.chain AND a.seq = k.seq"
+)
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    chain: int
+    seq: int
+    row_hash: bytes
+
+
+async def chain_heads(session: AsyncSession) -> list[ChainHead]:
+    """The newest committed row of every chain that has one (one index probe per chain)."""
+    rows = (await session.execute(_HEADS, {"chains": AUDIT_CHAINS})).all()
+    return [ChainHead(int(r.chain), int(r.seq), bytes(r.row_hash)) for r in rows]
+
+
+def anchor_line(heads: Sequence[ChainHead], at: datetime) -> str:
+    """One JSON line: what `referloop audit anchor` prints and appends."""
+    return json.dumps(
+        {
+            "format": ANCHOR_FORMAT,
+            "at": at.astimezone(UTC).isoformat(),
+            "heads": [{"chain": h.chain, "seq": h.seq, "hash": h.row_hash.hex()} for h in heads],
+        },
+        separators=(",", ":"),
+    )
+
+
+def parse_anchors(content: str) -> list[ChainHead]:
+    """Every head of every anchor line (a file that anchors were appended to); ValueError names
+    the first line that is not one."""
+    heads: list[ChainHead] = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+            if doc.get("format") != ANCHOR_FORMAT:
+                raise ValueError(f"format is not {ANCHOR_FORMAT}")
+            heads += [
+                ChainHead(int(h["chain"]), int(h["seq"]), bytes.fromhex(h["hash"])) for h in doc["heads"]
+            ]
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"line {number} is not an audit anchor: {exc}") from exc
+    return heads
+
+
+async def check_anchors(session: AsyncSession, heads: Sequence[ChainHead]) -> list[ChainProblem]:
+    """Each anchored row must still exist with the hash it had when it was anchored."""
+    if not heads:
+        return []
+    found = {
+        (int(r.chain), int(r.seq)): bytes(r.row_hash)
+        for r in (
+            await session.execute(
+                _ANCHORED_ROWS, {"chains": [h.chain for h in heads], "seqs": [h.seq for h in heads]}
+            )
+        ).all()
+    }
+    problems = []
+    for head in sorted(set(heads), key=lambda h: (h.chain, h.seq)):
+        stored = found.get((head.chain, head.seq))
+        if stored is None:
+            problems.append(
+                ChainProblem(head.chain, head.seq, "the anchored row is missing: the chain was cut back")
+            )
+        elif stored != head.row_hash:
+            problems.append(
+                ChainProblem(
+                    head.chain, head.seq, "the anchored row's hash differs: rewritten since the anchor"
+                )
+            )
+    return problems
