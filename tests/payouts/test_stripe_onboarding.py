@@ -400,6 +400,30 @@ class TestAccess:
         assert f"/{account}/" in fresh.json()["onboarding_url"]
         assert len(stp.fake.requests_to("POST", "/v1/account_links")) == links_before + 1
 
+    async def test_a_replay_answers_without_the_single_use_link_which_is_never_stored(
+        self, stp: Setup
+    ) -> None:
+        member = await stp.member()
+        headers = key()
+        first = await stp.add(member, **headers)
+        assert first.status_code == 201 and first.json()["onboarding_url"].startswith(
+            "https://connect.stripe.com/"
+        )
+        replay = await stp.add(member, **headers)
+        assert replay.status_code == 201 and replay.headers["idempotent-replayed"] == "true"
+        assert replay.json() == {**first.json(), "onboarding_url": None, "onboarding_url_expires_at": None}
+        stored = await db_value(
+            stp.rt,
+            "SELECT response_body::text FROM idempotency_keys WHERE key = :k",
+            k=headers["Idempotency-Key"],
+        )
+        assert first.json()["onboarding_url"] not in stored and first.json()["id"] in stored
+        # The way to a link is the onboarding-link route, which makes a fresh one each time.
+        fresh = await stp.client.post(
+            f"/v1/payout-methods/{first.json()['id']}/onboarding-link", headers=member.auth
+        )
+        assert fresh.status_code == 200 and fresh.json()["onboarding_url"] != first.json()["onboarding_url"]
+
     async def test_other_kinds_have_no_onboarding_and_stripe_accounts_are_not_edited(
         self, stp: Setup
     ) -> None:

@@ -82,12 +82,15 @@ async def run_idempotent(
     fingerprint: bytes,
     handler: Callable[[], Awaitable[tuple[int, BaseModel]]],
     lock: str | None = None,
+    kept_for_replay: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> JSONResponse:
     """Run `handler` once per (scope, key); a replay answers what the first run answered.
 
     `lock`: an advisory lock (by name) to take first, in the same statement as the key's INSERT, and
     hold until the transaction ends; for handlers that must not run twice at once for one member
-    (the handler's later statements see everything the previous holder committed)."""
+    (the handler's later statements see everything the previous holder committed).
+    `kept_for_replay`: what of the answer is stored for replays, when part of it must be seen once
+    only (a single-use link): the first answer is sent whole, replays get the kept part."""
     if not key.isprintable():
         raise InvalidInput("Idempotency-Key must be printable text.")
     if lock is None:
@@ -118,7 +121,7 @@ async def run_idempotent(
     await session.execute(
         update(IdempotencyRecord)
         .where(IdempotencyRecord.scope == scope, IdempotencyRecord.key == key)
-        .values(response_status=status, response_body=body)
+        .values(response_status=status, response_body=kept_for_replay(body) if kept_for_replay else body)
     )
     return JSONResponse(body, status_code=status)
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request, status
 from fastapi.responses import JSONResponse
@@ -91,7 +91,8 @@ async def add_method(
     When payouts go through Stripe, add a Stripe account instead (`kind: stripe_account` and your
     country): we create a Stripe Express account for you and answer with an `onboarding_url`, where
     Stripe asks for your identity and bank account. The method is `pending_onboarding` until Stripe
-    tells us the account can be paid; the 24-hour cool-down runs from then."""
+    tells us the account can be paid; the 24-hour cool-down runs from then. The link works once, so a
+    replay of this request (same Idempotency-Key) answers without it: ask `/onboarding-link`."""
 
     async def handler() -> tuple[int, PayoutMethodAdded]:
         if isinstance(body, StripeAccountMethod):
@@ -111,7 +112,14 @@ async def add_method(
         key=idempotency_key,
         fingerprint=request_fingerprint(request, body),
         handler=handler,
+        kept_for_replay=_without_onboarding_link,
     )
+
+
+def _without_onboarding_link(answer: dict[str, Any]) -> dict[str, Any]:
+    # Stripe's onboarding link works once and for minutes, and lets whoever holds it onboard the
+    # account: it is not stored, and a replay answers without it (ask /onboarding-link for one).
+    return {**answer, "onboarding_url": None, "onboarding_url_expires_at": None}
 
 
 @router.get("/{method_id}", response_model=PayoutMethodOut, responses=problem_responses(404))
