@@ -217,6 +217,33 @@ class TestRazorpayX:
         assert await balance(rzp.rt, member.id) == ledger.MemberBalance("INR", 0, 0, 0)
         await assert_reconciles(rzp.rt)
 
+    async def test_a_method_changed_after_the_request_is_not_paid_before_its_cool_down(
+        self, rzp: Setup, fake_razorpayx: FakeRazorpayX
+    ) -> None:
+        """The method's details are read when the payout is sent: new ones must have sat out their
+        24 hours, or a taken-over account could redirect a withdrawal asked for before the change."""
+        member = await rzp.member_with(10_000)
+        staff = await rzp.staff()
+        method_id = await usable_method(rzp.client, rzp.rt, member)
+        w = await rzp.withdrawal(member, method_id, 10_000)
+        assert w["state"] == "approved"  # and its submission not yet made
+        r = await rzp.client.put(
+            f"/v1/payout-methods/{method_id}",
+            json={"kind": "upi", "upi_id": f"thief{uuid.uuid4().hex[:6]}@okaxis"},
+            headers=member.auth,
+        )
+        assert r.status_code == 200, r.text
+
+        await run_submissions(rzp.rt, w["id"])
+
+        assert fake_razorpayx.created_by_key.get(provider_key(w["id"])) is None  # nothing was sent
+        view = await rzp.staff_view(staff, w["id"])
+        assert (view["state"], view["failure_code"]) == ("failed", "payout_method_changed")
+        mine = (await rzp.client.get(f"/v1/withdrawals/{w['id']}", headers=member.auth)).json()
+        assert "changed after this withdrawal was requested" in mine["failure_message"]
+        assert await balance(rzp.rt, member.id) == ledger.MemberBalance("INR", 0, 10_000, 0)
+        await assert_reconciles(rzp.rt)
+
     async def test_a_refused_payout_fails_and_releases(
         self, app_factory: Callable[..., FastAPI], fake_razorpayx: FakeRazorpayX
     ) -> None:

@@ -152,7 +152,9 @@ async def replace_method(
     rt: RuntimeDep,
     ctx: ContextDep,
 ) -> PayoutMethodOut:
-    """Change a method's details; the 24-hour cool-down starts again."""
+    """Change a method's details; the 24-hour cool-down starts again. A withdrawal to this method
+    that was not sent yet is then not sent to the new details: it fails (`payout_method_changed`) and
+    its amount returns to your available balance; ask again once the method is usable."""
     return PayoutMethodOut.model_validate(
         await service.replace_method(session, rt, principal.user_id, method_id, body, ctx)
     )

@@ -24,6 +24,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.config import PayoutProviderName
+from referloop.core.db import utcnow
 from referloop.core.errors import NotFound
 from referloop.core.faults import maybe_crash
 from referloop.identity.service.accounts import get_user
@@ -61,6 +62,10 @@ _DESTINATION: TypeAdapter[Any] = TypeAdapter(Destination)
 class CannotPay(Exception):
     """Nothing can be sent for this withdrawal (its method is gone or unusable): it fails."""
 
+    def __init__(self, message: str, code: str = "payout_method_unusable") -> None:
+        super().__init__(message)
+        self.code = code
+
 
 async def build_request(session: AsyncSession, rt: Runtime, w: Withdrawal) -> PayoutRequest:
     try:
@@ -71,6 +76,15 @@ async def build_request(session: AsyncSession, rt: Runtime, w: Withdrawal) -> Pa
         # E.g. Stripe restricted the account after the withdrawal was approved. Retrying would wait
         # on the member, not on us: fail it (the amount goes back to available) and say why.
         raise CannotPay(exc.detail) from exc
+    if method.usable_from > utcnow():
+        # Changed since the withdrawal was asked for (its details are read only now): the new
+        # details have not sat out their cool-down, which is what stops a taken-over account from
+        # redirecting money at once. Fail it; the member asks again once the method is usable.
+        raise CannotPay(
+            "The payout method was changed after this withdrawal was requested; the amount is back in "
+            f"your available balance. The method can receive payouts from {method.usable_from.isoformat()}.",
+            code="payout_method_changed",
+        )
     details = methods.decrypt_details(rt, method)
     try:
         destination = _DESTINATION.validate_python(details)
@@ -106,7 +120,7 @@ async def submit(session: AsyncSession, rt: Runtime, withdrawal_id: uuid.UUID, a
         try:
             request = await build_request(own, rt, w)
         except CannotPay as exc:
-            await _fail(own, w, SYSTEM, code="payout_method_unusable", message=str(exc))
+            await _fail(own, w, SYSTEM, code=exc.code, message=str(exc))
             return "failed: " + str(exc)
         provider_name = w.provider
 
