@@ -473,12 +473,77 @@ class TestStripe:
         await deliver_stripe(stp, fake, headers, body)  # `paid` again, late: nothing
         view = await stp.staff_view(staff, w["id"])
         assert (view["state"], view["failure_code"]) == ("reversed", "account_closed")
+        # The failed payout put the money back on the connected account: the transfer is reversed
+        # before the wallet is credited again, or the member would have it twice.
+        assert fake.transfers[transfer["id"]]["reversed"] is True
+        assert fake.balance_of(account, "usd") == 0
+        assert [
+            r.headers["idempotency-key"]
+            for r in fake.requests_to("POST", f"/v1/transfers/{transfer['id']}/reversals")
+        ] == [f"{key}-reversal"]
         assert await balance(stp.rt, member.id, "USD") == ledger.MemberBalance("USD", 0, 10_000, 0)
         assert await ledger_entries(stp.rt, w["id"]) == [
             "withdrawal.hold",
             "withdrawal.paid",
             "withdrawal.reversed",
         ]
+        await assert_reconciles(stp.rt)
+
+    async def paid_through_connect(
+        self, stp: Setup, fake: FakeStripe
+    ) -> tuple[Member, dict[str, Any], str, str]:
+        """A member paid 4,200 USD cents through a transfer and their connected account's payout."""
+        account = fake.add_account()
+        member = await stp.member_with(10_000, "USD")
+        method_id = await stripe_method(stp.rt, member.id, account)
+        w = await stp.withdrawal(member, method_id, 4_200, "USD")
+        await run_submissions(stp.rt, w["id"])
+        [transfer] = [t["id"] for t in fake.transfers.values() if t["transfer_group"] == w["id"]]
+        [payout_id] = [
+            p
+            for p in fake.payout_account
+            if fake.payouts[p]["metadata"].get("referloop_transfer") == transfer
+        ]
+        fake.set_payout_status(payout_id, "in_transit")
+        fake.set_payout_status(payout_id, "paid")
+        await deliver_stripe(stp, fake, *fake.webhook(payout_id)[:2])
+        assert await balance(stp.rt, member.id, "USD") == ledger.MemberBalance("USD", 0, 5_800, 0)
+        return member, w, account, payout_id
+
+    async def test_a_late_failure_while_stripe_cannot_reverse_the_transfer_is_taken_again_later(
+        self, stp: Setup, fake_stripe: FakeStripe
+    ) -> None:
+        fake = fake_stripe
+        member, w, account, payout_id = await self.paid_through_connect(stp, fake)
+        fake.set_payout_status(payout_id, "failed", failure_code="account_closed")
+        headers, body, _ = fake.webhook(payout_id)
+        fake.fail_next(500, count=stp.rt.settings.payout_provider_max_attempts)  # Stripe: a bad minute
+        refused = await deliver_stripe(stp, fake, headers, body)
+        assert refused.status_code >= 500  # so Stripe delivers the event again
+        assert (await stp.staff_view(await stp.staff(), w["id"]))["state"] == "paid"
+        assert await balance(stp.rt, member.id, "USD") == ledger.MemberBalance("USD", 0, 5_800, 0)
+
+        again = await deliver_stripe(stp, fake, headers, body)
+        assert again.status_code == 200 and again.json()["duplicate"] is False
+        assert (await stp.staff_view(await stp.staff(), w["id"]))["state"] == "reversed"
+        assert fake.balance_of(account, "usd") == 0
+        assert await balance(stp.rt, member.id, "USD") == ledger.MemberBalance("USD", 0, 10_000, 0)
+        assert (await deliver_stripe(stp, fake, headers, body)).json()["duplicate"] is True
+        await assert_reconciles(stp.rt)
+
+    async def test_money_that_cannot_be_taken_back_from_the_connected_account_is_not_credited_twice(
+        self, stp: Setup, fake_stripe: FakeStripe
+    ) -> None:
+        fake = fake_stripe
+        member, w, account, payout_id = await self.paid_through_connect(stp, fake)
+        fake.set_payout_status(payout_id, "failed", failure_code="account_closed")
+        with fake.lock:
+            fake.accounts[account].balance["usd"] = 0  # e.g. paid out again from Stripe's dashboard
+        answer = await deliver_stripe(stp, fake, *fake.webhook(payout_id)[:2])
+        assert answer.status_code == 200  # nothing Stripe can fix by sending it again
+        view = await stp.staff_view(await stp.staff(), w["id"])
+        assert view["state"] == "paid" and "balance_insufficient" in view["last_error"]
+        assert await balance(stp.rt, member.id, "USD") == ledger.MemberBalance("USD", 0, 5_800, 0)
         await assert_reconciles(stp.rt)
 
     async def test_a_refused_payout_step_reverses_the_transfer_and_fails(

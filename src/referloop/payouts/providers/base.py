@@ -181,6 +181,13 @@ class PayoutProvider(Protocol):
         prune them after 24 hours): past that, asking `create_payout` again would pay twice."""
         ...
 
+    async def reclaim_returned(self, payout: ProviderPayout, *, idempotency_key: str, reference: str) -> None:
+        """Bring back to our balance the money a failed or cancelled payout returned somewhere else,
+        before the member's wallet is credited again. Stripe Connect returns it to the member's
+        connected account: the transfer is reversed. Providers whose failed payouts come back to our
+        own account do nothing. Raises a PermanentProviderError when it cannot be brought back."""
+        ...
+
     def verify_webhook(self, headers: Mapping[str, str], raw_body: bytes) -> WebhookEvent:
         """Check the signature over the raw body and parse it; raise WebhookVerificationError if the
         signature (or its timestamp) is not right. Header names are case-insensitive."""

@@ -147,6 +147,9 @@ class RazorpayXProvider:
             transport=transport,
         )
 
+    async def reclaim_returned(self, payout: ProviderPayout, *, idempotency_key: str, reference: str) -> None:
+        return None  # a failed or reversed payout returns to our RazorpayX account
+
     async def aclose(self) -> None:
         await self._http.aclose()
 

@@ -350,15 +350,38 @@ class StripeConnectProvider:
             raise
         return payout_from(payout, destination.account_id)
 
+    async def _reversal(self, transfer_id: str, *, idempotency_key: str, reference: str) -> None:
+        # One key per attempt: an attempt's transfer is reversed once, whichever step asks.
+        await self._post(
+            f"/v1/transfers/{transfer_id}/reversals",
+            {"metadata": {REFERENCE_KEY: reference}},
+            key=f"{idempotency_key}-reversal",
+        )
+
+    async def reclaim_returned(self, payout: ProviderPayout, *, idempotency_key: str, reference: str) -> None:
+        """A connected account's payout that failed (even days after `paid`) or was cancelled puts
+        the money back on that account's Stripe balance, not ours: reverse the transfer that funded
+        it, so that crediting the member's wallet again does not pay them twice."""
+        account, _, payout_id = payout.provider_payout_id.rpartition("/")
+        if not account:
+            return  # a platform payout, or only a transfer: nothing is on the connected account
+        metadata = payout.raw.get("metadata") or {}
+        transfer_id = metadata.get("referloop_transfer") if isinstance(metadata, dict) else None
+        if not transfer_id:
+            raise PayoutRejected(
+                f"The payout {payout_id} names no transfer (metadata referloop_transfer) to reverse.",
+                provider=NAME,
+                no_payout_made=False,
+            )
+        await self._reversal(str(transfer_id), idempotency_key=idempotency_key, reference=reference)
+
     async def _reverse_transfer(
         self, request: PayoutRequest, transfer: Mapping[str, Any], cause: PermanentProviderError
     ) -> None:
         """Take the money back from the connected account after its payout was refused."""
         try:
-            await self._post(
-                f"/v1/transfers/{transfer['id']}/reversals",
-                {"metadata": {REFERENCE_KEY: request.reference}},
-                key=f"{request.idempotency_key}-reversal",
+            await self._reversal(
+                transfer["id"], idempotency_key=request.idempotency_key, reference=request.reference
             )
         except PayoutProviderError as exc:
             log.error(

@@ -236,6 +236,10 @@ async def apply_report(
             )
             return "paid"
     elif report.status.money_returned:
+        if state in (WithdrawalState.processing, WithdrawalState.paid) and not await _reclaimed(
+            rt, w, report
+        ):
+            return "unresolved: the money came back to the member's provider account and stays there"
         w.failure_code = (report.failure_code or report.provider_status)[:64]
         w.failure_message = (report.failure_message or f"The payout was {report.provider_status}.")[:500]
         if state is WithdrawalState.processing:
@@ -260,6 +264,23 @@ async def apply_report(
             return "reversed"
     await session.flush()
     return f"recorded: {report.status.value}"
+
+
+async def _reclaimed(rt: Runtime, w: Withdrawal, report: ProviderPayout) -> bool:
+    """Whether the money of a failed or cancelled payout is back on our balance (so the wallet may be
+    credited again). A provider that cannot be reached raises: the webhook answers 5xx and comes
+    again, or `payouts sync` asks later; nothing was changed. One that refuses leaves the money
+    where it is: the withdrawal keeps its state, and `last_error` tells staff what to settle."""
+    provider = build_payout_provider(rt.settings, w.provider)
+    try:
+        await provider.reclaim_returned(report, idempotency_key=w.provider_key, reference=str(w.id))
+    except PermanentProviderError as exc:
+        w.last_error = f"{exc.provider_code or exc.code}: {exc.detail}"[:2000]
+        log.error("payout_money_not_reclaimed", withdrawal_id=str(w.id), error=exc.detail)
+        return False
+    finally:
+        await provider.aclose()
+    return True
 
 
 async def _fail(session: AsyncSession, w: Withdrawal, actor: Actor, *, code: str, message: str) -> None:
