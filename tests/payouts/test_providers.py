@@ -814,7 +814,7 @@ class TestStripeCreate:
     ) -> None:
         account = fake_stripe.add_account()
         request = stripe_request(account)
-        fake_stripe.rate_limit_next(path="/v1/transfers", legacy=legacy)
+        fake_stripe.rate_limit_next(method="POST", path="/v1/transfers", legacy=legacy)
 
         payout = await stripe.create_payout(request)
 
@@ -824,6 +824,30 @@ class TestStripeCreate:
         ]
         assert statuses == [400 if legacy else 429, 200]
         assert payout.status is PayoutStatus.pending
+
+    async def test_a_try_after_stripe_pruned_the_keys_reuses_the_attempts_transfer(
+        self, stripe: StripeConnectProvider, fake_stripe: FakeStripe
+    ) -> None:
+        """The transfer went through, the payout step never did; a day later the keys are gone and
+        the attempt is sent again (the outbox's late retry, or `payouts sync`): one transfer only."""
+        account = fake_stripe.add_account()
+        request = stripe_request(account, metadata={"referloop_attempt": "1"})
+        fake_stripe.fail_next(503, count=3, path="/v1/payouts")
+        with pytest.raises(ProviderUnavailable):
+            await stripe.create_payout(request)
+        assert _transfers_for(fake_stripe, request.reference) == 1
+        fake_stripe.expire_idempotency_keys()
+
+        payout = await stripe.create_payout(request)
+
+        [transfer] = [t for t in fake_stripe.transfers.values() if t["transfer_group"] == request.reference]
+        assert payout.raw["metadata"]["referloop_transfer"] == transfer["id"]
+        assert fake_stripe.balance_of(account, "usd") == 0  # the one transfer, paid out
+        # Another attempt (a staff retry) is a transfer of its own.
+        await stripe.create_payout(
+            changed(request, idempotency_key=new_key(), metadata={"referloop_attempt": "2"})
+        )
+        assert _transfers_for(fake_stripe, request.reference) == 2
 
     async def test_only_connected_accounts_are_paid(
         self, stripe: StripeConnectProvider, fake_stripe: FakeStripe

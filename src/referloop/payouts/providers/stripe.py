@@ -316,7 +316,7 @@ class StripeConnectProvider:
             )
         currency = request.currency.lower()
         metadata = {**request.metadata, REFERENCE_KEY: request.reference}
-        transfer = await self._post(
+        transfer = await self._earlier_transfer(request) or await self._post(
             "/v1/transfers",
             {
                 "amount": request.amount,
@@ -349,6 +349,22 @@ class StripeConnectProvider:
             await self._reverse_transfer(request, transfer, exc)
             raise
         return payout_from(payout, destination.account_id)
+
+    async def _earlier_transfer(self, request: PayoutRequest) -> dict[str, Any] | None:
+        """The transfer an earlier try of this attempt made (same reference and metadata), not
+        reversed. Stripe may prune an idempotency key after 24 hours: a try after that (the outbox's
+        late retry, or `payouts sync` finding a transfer whose payout was never made) must reuse the
+        transfer, not make a second one."""
+        listed = await self._http.request(
+            "GET", "/v1/transfers", params={"transfer_group": request.reference, "limit": "100"}
+        )
+        for transfer in listed.get("data", []):
+            made_for = transfer.get("metadata") or {}
+            if not transfer.get("reversed") and all(
+                made_for.get(k) == v for k, v in request.metadata.items()
+            ):
+                return dict(transfer)
+        return None
 
     async def _reversal(self, transfer_id: str, *, idempotency_key: str, reference: str) -> None:
         # One key per attempt: an attempt's transfer is reversed once, whichever step asks.
