@@ -64,6 +64,15 @@ async def test_no_total_budget_keeps_no_budget_row(
     [row] = await sql(runtime, "SELECT spent FROM campaign_budgets WHERE campaign_id = :c", c=cat.campaign_id)
     assert row["spent"] == 300_000
 
+    # A reward granted before the total, voided after it, gives its amount back to the budget.
+    await report(runtime, cat.university_id, "enrolment_cancelled", email=made[1][1])
+    await run_jobs(runtime)
+    assert (await rewards(runtime, made[1][0]))[0]["status"] == "voided"
+    [row] = await sql(runtime, "SELECT spent FROM campaign_budgets WHERE campaign_id = :c", c=cat.campaign_id)
+    assert row["spent"] == 200_000
+    r = await client.get(f"/v1/staff/campaigns/{cat.campaign_id}/budget", headers=admin.auth)
+    assert r.json()["spent"]["amount"] == 200_000
+
 
 async def test_a_total_switched_off_and_on_again_counts_what_was_paid_meanwhile(
     client: httpx.AsyncClient, runtime: Runtime, admin: Admin

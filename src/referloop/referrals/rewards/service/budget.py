@@ -123,17 +123,28 @@ _GRANTED = (
     "SELECT coalesce(sum(amount), 0) AS spent, count(*) AS rewards FROM rewards"
     " WHERE campaign_id = :campaign_id AND status IN ('pending', 'released', 'clawed_back')"
 )
-_SEED = text(
-    "INSERT INTO campaign_budgets (campaign_id, spent, rewards, updated_at)"  # noqa: S608 - fixed text
-    f" SELECT :campaign_id, g.spent, g.rewards, now() FROM ({_GRANTED}) g"
-    " ON CONFLICT (campaign_id) DO NOTHING"
-)
 _GRANTED_SUM = text(_GRANTED)
+# A row seeded or rebuilt from the granted rewards counts those granted while the campaign had no
+# total too: they lose their UNCHARGED_MARK in the same statement, so that voiding one later refunds
+# the row (else `spent` would keep an amount that was given back).
+_ADOPT_UNCHARGED = (
+    "UPDATE rewards SET charged_counters = (SELECT coalesce(jsonb_agg(e), CAST('[]' AS jsonb))"
+    "  FROM jsonb_array_elements(rewards.charged_counters) AS e WHERE e->>'counter' <> 'budget:none')"
+    " WHERE campaign_id = :campaign_id AND status IN ('pending', 'released', 'clawed_back')"
+    '  AND charged_counters @> CAST(\'[{"counter": "budget:none"}]\' AS jsonb)'
+    "  AND EXISTS (SELECT 1 FROM budget_row)"
+)
+_SEED = text(
+    "WITH budget_row AS (INSERT INTO campaign_budgets (campaign_id, spent, rewards, updated_at)"  # noqa: S608 - fixed text
+    f" SELECT :campaign_id, g.spent, g.rewards, now() FROM ({_GRANTED}) g"
+    f" ON CONFLICT (campaign_id) DO NOTHING RETURNING campaign_id) {_ADOPT_UNCHARGED}"
+)
 _RESYNC = text(
-    "INSERT INTO campaign_budgets (campaign_id, spent, rewards, updated_at)"  # noqa: S608 - fixed text
+    "WITH budget_row AS (INSERT INTO campaign_budgets (campaign_id, spent, rewards, updated_at)"  # noqa: S608 - fixed text
     f" SELECT :campaign_id, g.spent, g.rewards, now() FROM ({_GRANTED}) g"
     " ON CONFLICT (campaign_id) DO UPDATE"
     " SET spent = EXCLUDED.spent, rewards = EXCLUDED.rewards, updated_at = now()"
+    f" RETURNING campaign_id) {_ADOPT_UNCHARGED}"
 )
 
 # A campaign with no total budget keeps no budget row up to date: every grant updating that one row
