@@ -17,7 +17,7 @@ from referloop.runtime import Runtime
 from referloop.worker import load_task_modules
 from tests.factories import Member, register_member
 from tests.referrals.helpers import Admin, sql
-from tests.referrals.lifecycle.helpers import make_catalogue, report, rewards, run_jobs, state_of
+from tests.referrals.lifecycle.helpers import fixed, make_catalogue, report, rewards, run_jobs, state_of
 
 
 async def outbox_payloads(rt: Runtime, topic: str, key: str, value: str) -> list[dict[str, Any]]:
@@ -121,13 +121,17 @@ async def test_an_invited_lead_signing_up_through_the_link_moves_the_invitation_
 async def test_a_code_sign_up_gets_its_program_from_the_partners_report(
     client: httpx.AsyncClient, runtime: Runtime, admin: Admin
 ) -> None:
-    cat = await make_catalogue(client, admin)
+    # The campaign pays the referee a sign-up bonus, and the referrer at enrolment.
+    cat = await make_catalogue(
+        client, admin, rules=[fixed("signed_up", "referee", 5_000), fixed("enrolled", "referrer", 100_000)]
+    )
     referrer = await register_member(client)
     code = (await client.get("/v1/me", headers=referrer.auth)).json()["referral_code"]
     referee = await register_member(client, referral_code=code)
     await deliver_signup(runtime, referee.id)
     [row] = await sql(runtime, "SELECT * FROM referrals WHERE referee_id = :r", r=referee.id)
     assert (row["state"], row["program_id"], row["source"]) == ("signed_up", None, "signup")
+    assert await rewards(runtime, row["id"]) == []  # no program yet, so no campaign to pay it
     listed = (await client.get("/v1/referrals", headers=referrer.auth)).json()["items"]
     assert listed[0]["program"] is None and listed[0]["referee"]["name"] == "Test M."
 
@@ -140,7 +144,9 @@ async def test_a_code_sign_up_gets_its_program_from_the_partners_report(
     [row] = await sql(runtime, "SELECT program_id, campaign_id FROM referrals WHERE id = :r", r=row["id"])
     assert (row["program_id"], row["campaign_id"]) == (cat.program_id, cat.campaign_id)
     await run_jobs(runtime)
-    assert [(w["milestone"], w["status"]) for w in await rewards(runtime, hit.referral_id)] == [
-        ("enrolled", "pending")
+    # The sign-up it reached before it had a campaign is rewarded too, once.
+    assert [(w["milestone"], w["role"], w["status"]) for w in await rewards(runtime, hit.referral_id)] == [
+        ("enrolled", "referrer", "pending"),
+        ("signed_up", "referee", "pending"),
     ]
     assert await state_of(runtime, hit.referral_id) == "enrolled"

@@ -276,6 +276,7 @@ async def _adopt_program(
         after={"program_id": str(program.id), "campaign_id": str(campaign.id) if campaign else None},
         ctx=ctx,
     )
+    await states.queue_reached_milestones(session, referral)
 
 
 async def _apply(

@@ -225,6 +225,16 @@ async def record_created(
         await reward_queue.queue_milestone(session, referral, milestone, at)
 
 
+async def queue_reached_milestones(session: AsyncSession, referral: Referral) -> None:
+    """Queue the rewards of the milestones a referral reached before it had a campaign (a code
+    sign-up reaches `signed_up` with none; a partner's report then gives it one). Queuing is once
+    per milestone and role, so a milestone already queued is left alone."""
+    for state, milestone in _MILESTONES.items():
+        reached = getattr(referral, _STAMPS[state])
+        if reached is not None:
+            await reward_queue.queue_milestone(session, referral, milestone, reached)
+
+
 async def transition(
     session: AsyncSession,
     referral: Referral,
