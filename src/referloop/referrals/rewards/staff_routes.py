@@ -69,7 +69,9 @@ async def create_rule(
 async def update_rule(
     rule_id: uuid.UUID, body: RuleUpdate, actor: AdminStaff, session: WriteSession, ctx: ContextDep
 ) -> RuleOut:
-    """Replace a rule's terms for milestones reached from now on; granted rewards keep theirs."""
+    """Replace a rule's terms. A reward is decided when it is granted, so the new terms apply to every
+    reward not granted yet: milestones reached from now on, and rewards still queued (those of a
+    referral on a fraud hold, or waiting for the worker). Granted rewards keep theirs."""
     rule, campaign = await rules.update_rule(session, actor, rule_id, body, ctx)
     return rules.rule_out(rule, campaign.currency)
 
