@@ -165,3 +165,76 @@ async def test_a_member_can_dispute_their_own_transaction_only(client, runtime):
         "/v1/disputes", json=body, headers={**other.auth, "Idempotency-Key": str(uuid.uuid4())}
     )
     assert theirs.status_code == 404
+
+
+async def test_an_entry_in_two_currencies_is_listed_once_per_currency_across_pages(client, runtime):
+    m = await register_member(client)
+    member, house = (
+        ledger.member_account(uuid.UUID(m.id)),
+        ledger.platform_account(ledger.AccountCode.adjustments),
+    )
+    async with runtime.db.sessionmaker() as session, session.begin():
+        both = await ledger.post_entry(
+            session,
+            entry_type="adjustment",
+            legs=[
+                ledger.Leg(member, 100, "USD"),
+                ledger.Leg(house, -100, "USD"),
+                ledger.Leg(member, 8_300, "INR"),
+                ledger.Leg(house, -8_300, "INR"),
+            ],
+            idempotency_key=f"test-two-currencies:{uuid.uuid4()}",
+        )
+    older = await credit(runtime, m.id, 7)
+
+    seen, cursor = [], None
+    while True:
+        page = (
+            await client.get(
+                "/v1/wallet/transactions",
+                params={"limit": 1, **({"cursor": cursor} if cursor else {})},
+                headers=m.auth,
+            )
+        ).json()
+        seen += [(t["id"], t["currency"], t["available_change"]) for t in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [(str(older), "INR", 7), (str(both.id), "USD", 100), (str(both.id), "INR", 8_300)]
+    exported = list(
+        csv.DictReader(io.StringIO((await client.get("/v1/wallet/transactions.csv", headers=m.auth)).text))
+    )
+    assert sorted((r["currency"], r["available_change"]) for r in exported) == [
+        ("INR", "7"),
+        ("INR", "8300"),
+        ("USD", "100"),
+    ]
+
+
+async def test_the_csv_also_gives_each_change_in_major_units_of_its_currency(client, runtime):
+    m = await register_member(client)
+    for currency in ("INR", "JPY", "KWD"):
+        await credit(runtime, m.id, 1_500, currency)
+    async with runtime.db.sessionmaker() as session, session.begin():
+        await ledger.move(
+            session,
+            entry_type="adjustment",
+            source=ledger.member_account(uuid.UUID(m.id)),
+            destination=ledger.platform_account(ledger.AccountCode.adjustments),
+            amount=1,
+            currency="INR",
+            idempotency_key=f"test-debit:{uuid.uuid4()}",
+        )
+    rows = list(
+        csv.DictReader(io.StringIO((await client.get("/v1/wallet/transactions.csv", headers=m.auth)).text))
+    )
+    assert sorted((r["currency"], r["available_change"], r["available_change_decimal"]) for r in rows) == [
+        ("INR", "-1", "-0.01"),
+        ("INR", "1500", "15.00"),
+        ("JPY", "1500", "1500"),
+        ("KWD", "1500", "1.500"),
+    ]
+    naive = await client.get(
+        "/v1/wallet/transactions.csv", params={"since": "2026-01-01T00:00:00"}, headers=m.auth
+    )
+    assert naive.status_code == 422 and "since" in naive.text

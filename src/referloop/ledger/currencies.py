@@ -33,7 +33,7 @@ class CurrencyInfo:
         return Decimal(amount).scaleb(-self.exponent)
 
     def format(self, amount: int) -> str:
-        return f"{self.to_major(amount):.{self.exponent}f} {self.code}"
+        return f"{minor_to_decimal(amount, self.exponent)} {self.code}"
 
 
 @cache
@@ -43,6 +43,11 @@ def _table() -> dict[str, CurrencyInfo]:
         for c in _IsoCurrency
         if c.exponent is not None
     }
+
+
+def minor_to_decimal(amount: int, exponent: int) -> str:
+    """Minor units as a plain decimal string in major units: 1500 → "15.00" (exponent 2)."""
+    return f"{Decimal(amount).scaleb(-exponent):.{exponent}f}"
 
 
 def get_currency(code: str) -> CurrencyInfo:

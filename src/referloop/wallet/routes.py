@@ -13,8 +13,9 @@ from fastapi.responses import StreamingResponse
 from referloop.core.deps import ReadSession, RuntimeDep
 from referloop.core.errors import InvalidInput, problem_responses
 from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
-from referloop.core.validation import Instant
+from referloop.core.validation import AwareInstant
 from referloop.identity.deps import CurrentMember
+from referloop.ledger.currencies import get_currency, minor_to_decimal
 from referloop.wallet import service
 from referloop.wallet.schemas import TransactionOut, TransactionStatus, WalletOut
 
@@ -24,8 +25,12 @@ Currency = Annotated[str | None, Query(pattern=r"^[A-Z]{3}$", description="ISO 4
 Types = Annotated[
     list[str] | None, Query(alias="type", max_length=20, description="Repeat to match several types")
 ]
-Since = Annotated[Instant | None, Query(description="From this time (inclusive), RFC 3339")]
-Until = Annotated[Instant | None, Query(description="Before this time (exclusive), RFC 3339")]
+Since = Annotated[
+    AwareInstant | None, Query(description="From this time (inclusive), RFC 3339 with a time zone")
+]
+Until = Annotated[
+    AwareInstant | None, Query(description="Before this time (exclusive), RFC 3339 with a time zone")
+]
 
 CSV_COLUMNS = [
     "id",
@@ -38,13 +43,15 @@ CSV_COLUMNS = [
     "held_change",
     "reference_type",
     "reference_id",
+    # The same changes in major units ("15.00" INR, "1.500" KWD, "1500" JPY): the columns above are
+    # minor units, whose size differs per currency.
+    "pending_change_decimal",
+    "available_change_decimal",
+    "held_change_decimal",
 ]
 
 
 def _check_range(since: datetime | None, until: datetime | None) -> None:
-    for value in (since, until):
-        if value is not None and value.tzinfo is None:
-            raise InvalidInput("Give times with a time zone, e.g. 2026-11-01T00:00:00Z.")
     if since and until and since >= until:
         raise InvalidInput("`since` must be before `until`.")
 
@@ -116,6 +123,9 @@ async def export_transactions(
                 until=until,
             ):
                 data = row.model_dump(mode="json")
+                exponent = get_currency(row.currency).exponent
+                for change in ("pending_change", "available_change", "held_change"):
+                    data[f"{change}_decimal"] = minor_to_decimal(data[change], exponent)
                 writer.writerow([data[c] if data[c] is not None else "" for c in CSV_COLUMNS])
                 if buffer.tell() > 64_000:
                     yield buffer.getvalue()
