@@ -22,6 +22,7 @@ from referloop.disputes import subjects
 from referloop.disputes.errors import DisputeClosed, SubjectNotFound, TooManyOpenDisputes
 from referloop.disputes.models import Dispute, DisputeMessage, DisputeState, Outcome, SubjectType
 from referloop.disputes.schemas import DisputeCreate, Resolve
+from referloop.identity.errors import refuse_own_case
 from referloop.identity.models import Role
 from referloop.identity.service.sessions import Principal
 
@@ -288,6 +289,7 @@ async def resolve(
     dispute = await _get(session, dispute_id, lock=True)
     if dispute.state == DisputeState.resolved.value:
         raise DisputeClosed("This dispute is already resolved.")
+    refuse_own_case(actor.user_id, dispute.member_id, "resolve your own dispute")
     if data.adjustment is not None and actor.role not in (Role.finance.value, Role.admin.value):
         raise Forbidden("Only finance staff can resolve a dispute with an amount.")
     before = _snapshot(dispute)

@@ -51,6 +51,20 @@ class InsufficientRole(Forbidden):
     title = "Your role does not allow this"
 
 
+class OwnCase(Forbidden):
+    """Staff act on other people's money and status, never their own: a second person decides."""
+
+    code = "own_case"
+    title = "Another staff member must do this"
+
+
+def refuse_own_case(actor_id: object, subject_member_id: object, what: str) -> None:
+    """Raise OwnCase when a staff member would act on their own account (`what`: "approve your own
+    withdrawal", ...)."""
+    if actor_id is not None and actor_id == subject_member_id:
+        raise OwnCase(f"You cannot {what}; ask another staff member.")
+
+
 class CodeRejected(AppError):
     status_code = 400
     code = "code_rejected"

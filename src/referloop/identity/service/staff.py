@@ -12,6 +12,7 @@ from referloop.compliance import audit
 from referloop.core.context import RequestContext
 from referloop.core.errors import Conflict
 from referloop.core.pagination import paginate_by_id_desc, split_page
+from referloop.identity.errors import refuse_own_case
 from referloop.identity.models import KycStatus, Role, User
 from referloop.identity.service.accounts import get_user
 from referloop.identity.service.referral_codes import normalize_referral_code
@@ -71,6 +72,7 @@ async def change_role(
 async def set_kyc_status(
     session: AsyncSession, actor: Principal, user_id: uuid.UUID, kyc_status: KycStatus, ctx: RequestContext
 ) -> User:
+    refuse_own_case(actor.user_id, user_id, "set your own KYC status")
     user = await get_user(session, user_id)
     before = user.kyc_status
     user.kyc_status = kyc_status.value
@@ -92,6 +94,7 @@ async def set_kyc_status(
 async def set_level(
     session: AsyncSession, actor: Principal, user_id: uuid.UUID, level: int, ctx: RequestContext
 ) -> User:
+    refuse_own_case(actor.user_id, user_id, "set your own level")
     user = await get_user(session, user_id)
     before = user.level
     user.level = level

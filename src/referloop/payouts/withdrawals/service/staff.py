@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop import ledger
 from referloop.config import PayoutProviderName
+from referloop.identity.errors import refuse_own_case
 from referloop.payouts.providers import ManualProvider
 from referloop.payouts.withdrawals.errors import (
     IllegalTransition,
@@ -34,6 +35,7 @@ async def approve(session: AsyncSession, withdrawal_id: uuid.UUID, actor: Actor)
         # failed -> approved is a retry, which holds the money again: see `retry`.
         raise IllegalTransition(w.state, "approved (use retry for a failed withdrawal)", ["approved (retry)"])
     ensure_allowed(w, WithdrawalState.approved)
+    refuse_own_case(actor.id, w.member_id, "approve your own withdrawal")
     w.approved_by = actor.id
     await transition(session, w, WithdrawalState.approved, actor)
     return w
@@ -73,6 +75,7 @@ async def mark_paid(
             bank_reference=w.bank_reference,
         )
     ensure_allowed(w, WithdrawalState.paid)
+    refuse_own_case(actor.id, w.member_id, "mark your own withdrawal paid")
     report = provider.record_paid(
         w.provider_payout_id or "manual_" + w.provider_key,
         amount=w.net_amount,
@@ -112,6 +115,7 @@ async def retry(session: AsyncSession, withdrawal_id: uuid.UUID, actor: Actor) -
             "approved (a retry is for failed withdrawals)",
             (s.value for s in ALLOWED[WithdrawalState(w.state)]),
         )
+    refuse_own_case(actor.id, w.member_id, "retry your own withdrawal")
     if w.attempt >= MAX_ATTEMPTS:
         raise TooManyAttempts(f"This withdrawal was attempted {w.attempt} times; ask the member for another.")
     attempt = w.attempt + 1
