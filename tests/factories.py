@@ -141,7 +141,7 @@ async def create_staff(client: httpx.AsyncClient, rt: Runtime, *, role: Role = R
     r = await client.post("/v1/auth/login", json={"login": email, "password": DEFAULT_PASSWORD})
     assert r.status_code == 200, r.text
     auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
-    r = await client.post("/v1/auth/totp/enroll", headers=auth)
+    r = await client.post("/v1/auth/totp/enroll", headers=auth, json={"password": DEFAULT_PASSWORD})
     assert r.status_code == 200, r.text
     secret = r.json()["secret"]
     r = await client.post("/v1/auth/totp/confirm", headers=auth, json={"code": pyotp.TOTP(secret).now()})

@@ -175,7 +175,9 @@ def create_staff(
     except Exception as exc:
         typer.echo(f"error: {getattr(exc, 'detail', exc)}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(f"created {role.value} {user_id}; sign in, then enrol TOTP at POST /v1/auth/totp/enroll")
+    typer.echo(
+        f"created {role.value} {user_id}; sign in, then enrol TOTP at POST /v1/auth/totp/enroll (with your password)"
+    )
 
 
 @app.command("seed-demo")

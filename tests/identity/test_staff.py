@@ -69,7 +69,11 @@ class TestStaffRoutesRefuse:
     ) -> None:
         _, email = await create_staff_user(runtime)
         token = (await login(client, email)).json()["access_token"]
-        secret = (await client.post("/v1/auth/totp/enroll", headers=bearer(token))).json()["secret"]
+        secret = (
+            await client.post(
+                "/v1/auth/totp/enroll", headers=bearer(token), json={"password": DEFAULT_PASSWORD}
+            )
+        ).json()["secret"]
         r = await client.post(
             "/v1/auth/totp/confirm", headers=bearer(token), json={"code": pyotp.TOTP(secret).now()}
         )
@@ -120,7 +124,11 @@ class TestTotp:
     ) -> None:
         _, email = await create_staff_user(runtime)
         token = (await login(client, email)).json()["access_token"]
-        secret = (await client.post("/v1/auth/totp/enroll", headers=bearer(token))).json()["secret"]
+        secret = (
+            await client.post(
+                "/v1/auth/totp/enroll", headers=bearer(token), json={"password": DEFAULT_PASSWORD}
+            )
+        ).json()["secret"]
         totp = pyotp.TOTP(secret)
         await client.post("/v1/auth/totp/confirm", headers=bearer(token), json={"code": totp.now()})
         code = totp.at(time.time() + 30)
@@ -130,7 +138,11 @@ class TestTotp:
     async def test_enrolment_needs_a_right_code(self, client: httpx.AsyncClient, runtime: Runtime) -> None:
         _, email = await create_staff_user(runtime)
         token = (await login(client, email)).json()["access_token"]
-        secret = (await client.post("/v1/auth/totp/enroll", headers=bearer(token))).json()["secret"]
+        secret = (
+            await client.post(
+                "/v1/auth/totp/enroll", headers=bearer(token), json={"password": DEFAULT_PASSWORD}
+            )
+        ).json()["secret"]
         wrong = f"{(int(pyotp.TOTP(secret).now()) + 1) % 1_000_000:06d}"
         r = await client.post("/v1/auth/totp/confirm", headers=bearer(token), json={"code": wrong})
         assert r.status_code == 400
@@ -140,7 +152,7 @@ class TestTotp:
 
     async def test_enrolling_twice_is_refused(self, client: httpx.AsyncClient, runtime: Runtime) -> None:
         admin = await create_staff(client, runtime)
-        r = await client.post("/v1/auth/totp/enroll", headers=admin.auth)
+        r = await client.post("/v1/auth/totp/enroll", headers=admin.auth, json={"password": DEFAULT_PASSWORD})
         assert r.status_code == 409
 
     async def test_the_secret_is_stored_encrypted(self, client: httpx.AsyncClient, runtime: Runtime) -> None:
@@ -423,3 +435,66 @@ class TestCreateStaffCommand:
         assert again.returncode == 1
         assert "exists" in again.stderr
         assert await db_value(runtime, "SELECT count(*) FROM users WHERE email = :e", e=email) == 1
+
+
+class TestMemberTotp:
+    async def test_enrolling_needs_the_password_so_a_stolen_session_cannot_lock_the_owner_out(
+        self, client: httpx.AsyncClient, runtime: Runtime
+    ) -> None:
+        member = await register_member(client)
+        r = await client.post("/v1/auth/totp/enroll", headers=member.auth, json={})
+        assert r.status_code == 422
+        r = await client.post(
+            "/v1/auth/totp/enroll", headers=member.auth, json={"password": "not-the-password-1"}
+        )
+        assert r.status_code == 403 and r.json()["code"] == "wrong_password"
+        assert await db_value(runtime, "SELECT totp_secret FROM users WHERE id = :u", u=member.id) is None
+        failed = await db_rows(
+            runtime, "SELECT action FROM audit_log WHERE target_id = :u ORDER BY created_at, id", u=member.id
+        )
+        assert failed[-1]["action"] == "auth.totp_enroll_failed"
+
+    async def test_a_member_turns_totp_on_then_off_with_password_and_code(
+        self, client: httpx.AsyncClient, runtime: Runtime
+    ) -> None:
+        member = await register_member(client)
+        secret = (
+            await client.post("/v1/auth/totp/enroll", headers=member.auth, json={"password": member.password})
+        ).json()["secret"]
+        totp = pyotp.TOTP(secret)
+        assert (
+            await client.post("/v1/auth/totp/confirm", headers=member.auth, json={"code": totp.now()})
+        ).status_code == 200
+        assert (await login(client, member.email)).json()["code"] == "totp_required"
+
+        next_code = totp.at(time.time() + 30)
+        wrong = f"{(int(next_code) + 1) % 1_000_000:06d}"
+        r = await client.post(
+            "/v1/auth/totp/disable", headers=member.auth, json={"password": member.password, "code": wrong}
+        )
+        assert r.status_code == 400
+        r = await client.post(
+            "/v1/auth/totp/disable",
+            headers=member.auth,
+            json={"password": "not-the-password-1", "code": next_code},
+        )
+        assert r.status_code == 403 and r.json()["code"] == "wrong_password"
+        r = await client.post(
+            "/v1/auth/totp/disable",
+            headers=member.auth,
+            json={"password": member.password, "code": next_code},
+        )
+        assert r.status_code == 200 and r.json()["totp_enabled"] is False
+        assert (await login(client, member.email)).status_code == 200
+        actions = await db_rows(runtime, "SELECT action FROM audit_log WHERE target_id = :u", u=member.id)
+        assert "auth.totp_disabled" in {a["action"] for a in actions}
+
+    async def test_staff_keep_totp(self, client: httpx.AsyncClient, runtime: Runtime) -> None:
+        admin = await create_staff(client, runtime)
+        r = await client.post(
+            "/v1/auth/totp/disable",
+            headers=admin.auth,
+            json={"password": admin.password, "code": admin.next_totp()},
+        )
+        assert r.status_code == 403
+        assert (await client.get("/v1/staff/members", headers=admin.auth)).status_code == 200

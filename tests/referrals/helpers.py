@@ -52,7 +52,7 @@ async def make_admin(client: httpx.AsyncClient, rt: Runtime) -> Admin:
     r = await client.post("/v1/auth/login", json={"login": email, "password": DEFAULT_PASSWORD})
     assert r.status_code == 200, r.text
     auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
-    r = await client.post("/v1/auth/totp/enroll", headers=auth)
+    r = await client.post("/v1/auth/totp/enroll", headers=auth, json={"password": DEFAULT_PASSWORD})
     assert r.status_code == 200, r.text
     totp = pyotp.TOTP(r.json()["secret"])
     r = await client.post("/v1/auth/totp/confirm", headers=auth, json={"code": totp.now()})

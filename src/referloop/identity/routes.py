@@ -24,7 +24,9 @@ from referloop.identity.schemas import (
     SessionList,
     SessionOut,
     TokenPair,
+    TotpDisableRequest,
     TotpEnrollOut,
+    TotpEnrollRequest,
 )
 from referloop.identity.service import accounts, sessions, totp
 
@@ -225,12 +227,42 @@ async def change_password(
     await accounts.change_password(session, rt, principal, body.current_password, body.new_password, ctx)
 
 
-@router.post("/auth/totp/enroll", response_model=TotpEnrollOut, responses=problem_responses(401, 409))
-async def totp_enroll(principal: CurrentMember, session: WriteSession, rt: RuntimeDep) -> TotpEnrollOut:
-    """Start TOTP enrolment: add the secret to an authenticator app, then confirm with a code."""
+@router.post(
+    "/auth/totp/enroll", response_model=TotpEnrollOut, responses=problem_responses(401, 403, 409, 429)
+)
+async def totp_enroll(
+    body: TotpEnrollRequest, principal: CurrentMember, session: WriteSession, rt: RuntimeDep, ctx: ContextDep
+) -> TotpEnrollOut:
+    """Start TOTP enrolment, confirmed by your current password (403 `wrong_password`): add the
+    secret to an authenticator app, then confirm with a code."""
+    await rt.limiter.hit(rt.settings.rate_limit_verify, "password-account", str(principal.user_id))
     user = await accounts.get_user(session, principal.user_id)
+    await accounts.require_password(
+        session, rt, user, body.password, ctx, failed_action="auth.totp_enroll_failed"
+    )
     secret, uri = totp.begin_enrolment(rt, user)
     return TotpEnrollOut(secret=secret, otpauth_uri=uri)
+
+
+@router.post("/auth/totp/disable", response_model=MeOut, responses=problem_responses(400, 401, 403, 409, 429))
+async def totp_disable(
+    body: TotpDisableRequest, principal: CurrentMember, session: WriteSession, rt: RuntimeDep, ctx: ContextDep
+) -> MeOut:
+    """Turn TOTP off with your current password and a code from the app (members; staff keep it).
+    Lost the app? Contact support."""
+    from referloop.compliance import audit
+
+    await rt.limiter.hit(rt.settings.rate_limit_verify, "password-account", str(principal.user_id))
+    user = await accounts.get_user(session, principal.user_id, for_update=True)
+    await accounts.require_password(
+        session, rt, user, body.password, ctx, failed_action="auth.totp_disable_failed"
+    )
+    if not totp.disable(rt, user, body.code):
+        raise CodeRejected("Wrong code; check the clock of your authenticator app.")
+    await audit.record(
+        session, action="auth.totp_disabled", actor_id=user.id, target_type="user", target_id=user.id, ctx=ctx
+    )
+    return me_out(user)
 
 
 @router.post("/auth/totp/confirm", response_model=MeOut, responses=problem_responses(400, 401, 409, 429))

@@ -139,6 +139,17 @@ class PasswordResetRequest(StrictModel):
     new_password: Password
 
 
+class TotpEnrollRequest(StrictModel):
+    password: Password = Field(
+        description="Your current password: a stolen session must not bind its own authenticator."
+    )
+
+
+class TotpDisableRequest(StrictModel):
+    password: Password
+    code: OtpCode = Field(description="A current code from the authenticator app being removed.")
+
+
 class PasswordChangeRequest(StrictModel):
     current_password: Password
     new_password: Password

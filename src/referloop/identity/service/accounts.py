@@ -266,6 +266,18 @@ async def _set_password(
     )
 
 
+async def require_password(
+    session: AsyncSession, rt: Runtime, user: User, password: str, ctx: RequestContext, *, failed_action: str
+) -> None:
+    """The signed-in member confirms a sensitive change with their current password; a wrong one is
+    audited (`failed_action`) and raises WrongPassword (403)."""
+    if not await rt.passwords.verify(user.password_hash, password):
+        await audit.record(
+            session, action=failed_action, actor_id=user.id, target_type="user", target_id=user.id, ctx=ctx
+        )
+        raise WrongPassword("The current password is wrong.")
+
+
 async def change_password(
     session: AsyncSession,
     rt: Runtime,
@@ -275,16 +287,7 @@ async def change_password(
     ctx: RequestContext,
 ) -> None:
     user = await get_user(session, principal.user_id)
-    if not await rt.passwords.verify(user.password_hash, current):
-        await audit.record(
-            session,
-            action="auth.password_change_failed",
-            actor_id=user.id,
-            target_type="user",
-            target_id=user.id,
-            ctx=ctx,
-        )
-        raise WrongPassword("The current password is wrong.")
+    await require_password(session, rt, user, current, ctx, failed_action="auth.password_change_failed")
     await _set_password(
         session, rt, user, new, ctx, keep_session=principal.session_id, action="auth.password_changed"
     )

@@ -9,8 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.core.db import utcnow
-from referloop.core.errors import Conflict
-from referloop.identity.models import User
+from referloop.core.errors import Conflict, Forbidden
+from referloop.identity.models import Role, User
 from referloop.runtime import Runtime
 
 _SECRET_CONTEXT = "users.totp_secret"  # noqa: S105 - the column name bound as associated data
@@ -49,6 +49,20 @@ def confirm_enrolment(rt: Runtime, user: User, code: str) -> bool:
     if not check_code(rt, user, code):
         return False
     user.totp_enabled_at = utcnow()
+    return True
+
+
+def disable(rt: Runtime, user: User, code: str) -> bool:
+    """Turn TOTP off with a current code (the caller checked the password). Staff cannot: their
+    routes need it."""
+    if user.totp_enabled_at is None:
+        raise Conflict("TOTP is not enabled on this account.")
+    if user.role != Role.member.value:
+        raise Forbidden("Staff accounts keep TOTP: staff routes need it.")
+    if not check_code(rt, user, code):
+        return False
+    user.totp_enabled_at = None
+    user.totp_secret = None
     return True
 
 
