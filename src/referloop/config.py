@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     """Token refreshes per IP and per account."""
     rate_limit_verify: str = "10/minute"
     """Code requests and confirmations per IP and per account."""
+    rate_limit_code_guesses: str = "20/day"
+    """Codes tried per account and purpose (password reset, email or phone verification), whatever the number of codes sent: each code allows 5 tries, and this caps new codes as a way around that."""
     login_failures_before_delay: int = Field(default=5, ge=1)
     """Failed sign-ins to one account before each further failure locks it for 2, 4, 8 ... seconds."""
     login_delay_max_seconds: int = Field(default=900, ge=1)

@@ -221,3 +221,41 @@ class TestFailedLoginDelay:
                 "/v1/auth/login", json={"login": bystander.email, "password": bystander.password}
             )
             assert r.status_code == 200
+
+
+class TestCodeGuesses:
+    async def test_fresh_codes_do_not_reset_the_guesses_an_account_gets(
+        self, app_factory: Callable[..., FastAPI]
+    ) -> None:
+        """Each code allows 5 tries and a new code is one request away: the guesses themselves are
+        capped per account (20 a day by default), from any address."""
+        app = app_factory(rate_limit_code_guesses="6/day", rate_limit_verify="100/minute")
+        async with asgi_client(app) as client:
+            m = await register_member(client)
+        assert m.email
+        guesses = 0
+        for _ in range(2):  # a new code, then five wrong guesses: twice over
+            async with asgi_client(app) as c:
+                assert (await c.post("/v1/auth/password/forgot", json={"email": m.email})).status_code == 202
+                for _ in range(3):
+                    guesses += 1
+                    r = await c.post(
+                        "/v1/auth/password/reset",
+                        json={"email": m.email, "code": "000000", "new_password": "a-fine-new-pass-42"},
+                    )
+                    if guesses <= 6:
+                        assert r.status_code == 400, r.text
+        async with asgi_client(app) as c:
+            await c.post("/v1/auth/password/forgot", json={"email": m.email})
+            rt: Runtime = app.state.runtime
+            code = await latest_code(rt, m.email)
+            # Even the right code waits for the window: the account's guesses for today are spent.
+            assert_429(
+                await c.post(
+                    "/v1/auth/password/reset",
+                    json={"email": m.email, "code": code, "new_password": "a-fine-new-pass-42"},
+                )
+            )
+            assert (
+                await c.post("/v1/auth/login", json={"login": m.email, "password": m.password})
+            ).status_code == 200

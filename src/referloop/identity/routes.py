@@ -176,6 +176,9 @@ async def confirm_verification(
 ) -> MeOut:
     await rt.limiter.hit(rt.settings.rate_limit_verify, "verify-ip", ctx.ip or "-")
     await rt.limiter.hit(rt.settings.rate_limit_verify, "verify-account", str(principal.user_id))
+    await rt.limiter.hit(
+        rt.settings.rate_limit_code_guesses, f"code-guesses-{channel}", str(principal.user_id)
+    )
     return me_out(
         await accounts.confirm_verification(session, rt, principal.user_id, channel, body.code, ctx)
     )
@@ -206,6 +209,8 @@ async def reset_password(
     """Set a new password with the emailed code; every session of the account is signed out."""
     await rt.limiter.hit(rt.settings.rate_limit_verify, "reset-ip", ctx.ip or "-")
     await rt.limiter.hit(rt.settings.rate_limit_verify, "reset-account", body.email)
+    # 5 tries per code, and a new code is one request away: this caps the guesses themselves.
+    await rt.limiter.hit(rt.settings.rate_limit_code_guesses, "code-guesses-reset", body.email)
     await accounts.reset_password(session, rt, body.email, body.code, body.new_password, ctx)
 
 
