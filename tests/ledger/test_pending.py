@@ -153,6 +153,30 @@ class TestHolds:
         ]
         assert entries[0].reference_id == unique
 
+    async def test_a_repeated_post_is_a_replay_only_to_the_same_destination(
+        self, runtime: Runtime, unique: str
+    ) -> None:
+        member = await make_member(runtime)
+        await fund(runtime, member, 1000)
+        clearing = platform_account(AccountCode.payout_clearing, f"test-{unique}")
+        settlement = platform_account(AccountCode.settlement, f"test-{unique}")
+        async with runtime.db.sessionmaker() as session, session.begin():
+            held = await ledger.hold(
+                session, member_id=member, amount=700, currency="INR", idempotency_key=f"w:{unique}:hold"
+            )
+        async with runtime.db.sessionmaker() as session, session.begin():
+            first = await ledger.post_pending(session, held.transfer.id, destination=clearing)
+        async with runtime.db.sessionmaker() as session, session.begin():
+            again = await ledger.post_pending(session, held.transfer.id, destination=clearing)
+        assert again.entry.replayed and again.entry.id == first.entry.id
+        async with runtime.db.sessionmaker() as session, session.begin():
+            with pytest.raises(ledger.PendingTransferFinal):
+                await ledger.post_pending(session, held.transfer.id, destination=settlement)
+        async with runtime.db.sessionmaker() as session:
+            assert (
+                await ledger.platform_balance(session, AccountCode.settlement, "INR", f"test-{unique}") == 0
+            )
+
     async def test_hold_above_available_refused(self, runtime: Runtime, unique: str) -> None:
         member = await make_member(runtime)
         await fund(runtime, member, 100)
@@ -215,6 +239,20 @@ class TestExpiry:
         async with runtime.db.sessionmaker() as session, session.begin():
             with pytest.raises(ledger.PendingTransferFinal):
                 await ledger.post_pending(session, past)
+
+    async def test_past_its_expiry_it_is_voided_not_posted_even_before_the_job_runs(
+        self, runtime: Runtime, unique: str
+    ) -> None:
+        member = await make_member(runtime)
+        past = await _earn(runtime, member, unique, 100, expires_at=utcnow() - timedelta(seconds=1))
+        async with runtime.db.sessionmaker() as session, session.begin():
+            with pytest.raises(ledger.PendingTransferExpired):
+                await ledger.post_pending(session, past)
+        assert await _balance(runtime, member) == (100, 0, 0)
+        async with runtime.db.sessionmaker() as session, session.begin():
+            await ledger.void_pending(session, past)
+        assert await _balance(runtime, member) == (0, 0, 0)
+        assert await _expense(runtime, unique) == 0
 
     async def test_worker_job_expires_in_batches(self, runtime: Runtime, unique: str) -> None:
         from referloop.ledger.tasks import expire_pending_transfers

@@ -56,3 +56,9 @@ class PendingTransferFinal(Conflict):
 class AmountAbovePending(InvalidInput):
     code = "amount_above_pending"
     title = "Amount above the pending amount"
+
+
+class PendingTransferExpired(Conflict):
+    """Its expiry passed: it can only be voided (the expiry job does that), not posted."""
+
+    code = "pending_transfer_expired"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.core.db import raw_connection, utcnow
@@ -32,6 +32,7 @@ from referloop.ledger.errors import (
     AmountAbovePending,
     IdempotencyConflict,
     InvalidPosting,
+    PendingTransferExpired,
     PendingTransferFinal,
     PendingTransferNotFound,
 )
@@ -252,15 +253,19 @@ async def _resolve(
     dest_id = account_id(destination, currency, dest_shard) if destination is not None else None
     final_entry_id = uuid7()
     posted_amount = amount if status is PendingStatus.posted else None
-    # The guard is the WHERE clause: only a pending transfer changes, and never above its amount.
+    # The guard is the WHERE clause: only a pending transfer changes, never above its amount, and
+    # one past its expiry is only voided (the expiry job may not have reached it yet).
+    guard = [
+        PendingTransfer.id == transfer_id,
+        PendingTransfer.status == PendingStatus.pending.value,
+        PendingTransfer.amount >= (posted_amount or 0),
+    ]
+    if status is PendingStatus.posted:
+        guard.append(or_(PendingTransfer.expires_at.is_(None), PendingTransfer.expires_at > func.now()))
     won = (
         await session.execute(
             update(PendingTransfer)
-            .where(
-                PendingTransfer.id == transfer_id,
-                PendingTransfer.status == PendingStatus.pending.value,
-                PendingTransfer.amount >= (posted_amount or 0),
-            )
+            .where(*guard)
             .values(
                 status=status.value,
                 posted_amount=posted_amount,
@@ -274,7 +279,7 @@ async def _resolve(
     ).scalar_one_or_none()
     if won is None:
         await session.refresh(transfer)
-        return await _lost(session, transfer, status, amount)
+        return await _lost(session, transfer, status, amount, destination)
 
     wallet = member_account(transfer.member_id)
     total = transfer.amount
@@ -330,16 +335,26 @@ def _merge(lines: Sequence[_Line]) -> list[_Line]:
 
 
 async def _lost(
-    session: AsyncSession, transfer: PendingTransfer, status: PendingStatus, amount: int | None
+    session: AsyncSession,
+    transfer: PendingTransfer,
+    status: PendingStatus,
+    amount: int | None,
+    destination: AccountRef | None,
 ) -> PendingResult:
     """The guarded UPDATE changed nothing: say why, or answer a repeated request with its first result."""
     if transfer.status == PendingStatus.pending.value:
+        if transfer.expires_at is not None and transfer.expires_at <= utcnow():
+            raise PendingTransferExpired(
+                "This pending transfer has expired; it can only be voided.",
+                expires_at=transfer.expires_at.isoformat(),
+            )
         raise AmountAbovePending(
             f"At most {transfer.amount} can be posted from this pending transfer.",
             pending_amount=transfer.amount,
         )
     same = transfer.status == status.value and (
-        status is not PendingStatus.posted or transfer.posted_amount == amount
+        status is not PendingStatus.posted
+        or (transfer.posted_amount == amount and await _same_destination(session, transfer, destination))
     )
     if not same or transfer.final_entry_id is None:
         raise PendingTransferFinal(
@@ -348,6 +363,16 @@ async def _lost(
     entry = await session.get(JournalEntry, transfer.final_entry_id)
     assert entry is not None
     return PendingResult(transfer, PostedEntry(id=entry.id, created_at=entry.created_at, replayed=True))
+
+
+async def _same_destination(
+    session: AsyncSession, transfer: PendingTransfer, destination: AccountRef | None
+) -> bool:
+    """Whether a repeated post names the account the first one paid (any shard of it)."""
+    if transfer.destination_account_id is None or destination is None:
+        return transfer.destination_account_id is None and destination is None
+    first, _ = await _ref_of(session, transfer.destination_account_id)
+    return first == destination
 
 
 async def _ref_of(session: AsyncSession, account: uuid.UUID | None) -> tuple[AccountRef, int]:
