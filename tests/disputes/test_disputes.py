@@ -36,13 +36,13 @@ async def test_member_opens_a_dispute_and_support_answers_then_resolves(client, 
     note = await client.post(
         f"/v1/staff/disputes/{dispute['id']}/messages",
         json={"body": "Looks like a duplicate account.", "internal": True},
-        headers=support.auth,
+        headers={**support.auth, **key()},
     )
     assert note.status_code == 201
     reply = await client.post(
         f"/v1/staff/disputes/{dispute['id']}/messages",
         json={"body": "Which program did they enrol in?"},
-        headers=support.auth,
+        headers={**support.auth, **key()},
     )
     assert reply.status_code == 201
 
@@ -52,7 +52,9 @@ async def test_member_opens_a_dispute_and_support_answers_then_resolves(client, 
     assert [m["body"] for m in seen["messages"]] == [OTHER["message"], "Which program did they enrol in?"]
 
     r = await client.post(
-        f"/v1/disputes/{dispute['id']}/messages", json={"body": "MBA, Spring intake."}, headers=member.auth
+        f"/v1/disputes/{dispute['id']}/messages",
+        json={"body": "MBA, Spring intake."},
+        headers={**member.auth, **key()},
     )
     assert r.status_code == 201
     assert (await client.get(f"/v1/disputes/{dispute['id']}", headers=member.auth)).json()["state"] == "open"
@@ -60,20 +62,20 @@ async def test_member_opens_a_dispute_and_support_answers_then_resolves(client, 
     done = await client.post(
         f"/v1/staff/disputes/{dispute['id']}/resolve",
         json={"outcome": "rejected", "note": "The enrolment was before your invitation."},
-        headers=support.auth,
+        headers={**support.auth, **key()},
     )
     assert done.status_code == 200, done.text
     assert done.json()["state"] == "resolved"
     assert done.json()["outcome"] == "rejected"
 
     closed = await client.post(
-        f"/v1/disputes/{dispute['id']}/messages", json={"body": "But..."}, headers=member.auth
+        f"/v1/disputes/{dispute['id']}/messages", json={"body": "But..."}, headers={**member.auth, **key()}
     )
     assert closed.status_code == 409
     again = await client.post(
         f"/v1/staff/disputes/{dispute['id']}/resolve",
         json={"outcome": "upheld", "note": "changed my mind"},
-        headers=support.auth,
+        headers={**support.auth, **key()},
     )
     assert again.status_code == 409
     assert (
@@ -95,7 +97,9 @@ async def test_member_cannot_see_or_touch_another_members_dispute(client):
     b = await register_member(client)
     dispute = await open_dispute(client, a)
     assert (await client.get(f"/v1/disputes/{dispute['id']}", headers=b.auth)).status_code == 404
-    r = await client.post(f"/v1/disputes/{dispute['id']}/messages", json={"body": "hi"}, headers=b.auth)
+    r = await client.post(
+        f"/v1/disputes/{dispute['id']}/messages", json={"body": "hi"}, headers={**b.auth, **key()}
+    )
     assert r.status_code == 404
     assert (await client.post(f"/v1/disputes/{dispute['id']}/withdraw", headers=b.auth)).status_code == 404
     assert (await client.get("/v1/disputes", headers=b.auth)).json()["items"] == []
@@ -109,7 +113,7 @@ async def test_a_member_cannot_reach_staff_dispute_routes(client):
     r = await client.post(
         f"/v1/staff/disputes/{dispute['id']}/resolve",
         json={"outcome": "upheld", "note": "me"},
-        headers=member.auth,
+        headers={**member.auth, **key()},
     )
     assert r.status_code == 403
 
@@ -134,7 +138,7 @@ async def test_amount_adjustments_need_the_finance_role(client, runtime):
     r = await client.post(
         f"/v1/staff/disputes/{dispute['id']}/resolve",
         json={"outcome": "upheld", "note": "Sorry!", "adjustment": {"amount": 5000, "currency": "INR"}},
-        headers=support.auth,
+        headers={**support.auth, **key()},
     )
     assert r.status_code == 403
     assert await db_value(runtime, "SELECT state FROM disputes WHERE id = :id", id=dispute["id"]) == "open"
@@ -186,10 +190,14 @@ async def test_finance_resolution_posts_one_adjustment_to_the_wallet(client, run
         "note": "Reward was missed.",
         "adjustment": {"amount": 2500, "currency": "INR"},
     }
-    r = await client.post(f"/v1/staff/disputes/{dispute['id']}/resolve", json=body, headers=finance.auth)
+    r = await client.post(
+        f"/v1/staff/disputes/{dispute['id']}/resolve", json=body, headers={**finance.auth, **key()}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["adjustment"] == {"amount": 2500, "currency": "INR"}
-    again = await client.post(f"/v1/staff/disputes/{dispute['id']}/resolve", json=body, headers=finance.auth)
+    again = await client.post(
+        f"/v1/staff/disputes/{dispute['id']}/resolve", json=body, headers={**finance.auth, **key()}
+    )
     assert again.status_code == 409
     wallet = (await client.get("/v1/wallet", headers=member.auth)).json()["balances"]
     assert wallet == [
@@ -208,10 +216,39 @@ async def test_a_debit_adjustment_never_takes_the_balance_below_zero(client, run
         "note": "Clawback.",
         "adjustment": {"amount": -100, "currency": "INR"},
     }
-    r = await client.post(f"/v1/staff/disputes/{dispute['id']}/resolve", json=body, headers=finance.auth)
+    r = await client.post(
+        f"/v1/staff/disputes/{dispute['id']}/resolve", json=body, headers={**finance.auth, **key()}
+    )
     assert r.status_code == 409
     assert await db_value(runtime, "SELECT state FROM disputes WHERE id = :id", id=dispute["id"]) == "open"
     assert (await client.get("/v1/wallet", headers=member.auth)).json()["balances"] in (
         [],
         [{"currency": "INR", "exponent": 2, "pending": 0, "available": 0, "held": 0, "total": 0}],
     )
+
+
+async def test_a_retried_message_or_resolution_happens_once(client, runtime):
+    member = await register_member(client)
+    finance = await create_staff(client, runtime, role=Role.finance)
+    dispute = await open_dispute(client, member)
+    headers = {**member.auth, **key()}
+    first = await client.post(
+        f"/v1/disputes/{dispute['id']}/messages", json={"body": "Any news?"}, headers=headers
+    )
+    retry = await client.post(
+        f"/v1/disputes/{dispute['id']}/messages", json={"body": "Any news?"}, headers=headers
+    )
+    assert first.status_code == retry.status_code == 201
+    assert retry.json() == first.json() and retry.headers["idempotent-replayed"] == "true"
+    assert (
+        await client.post(f"/v1/disputes/{dispute['id']}/messages", json={"body": "x"}, headers=member.auth)
+    ).status_code in (400, 422)
+    seen = (await client.get(f"/v1/disputes/{dispute['id']}", headers=member.auth)).json()
+    assert [m["body"] for m in seen["messages"]].count("Any news?") == 1
+
+    body = {"outcome": "upheld", "note": "Missed reward.", "adjustment": {"amount": 1200, "currency": "INR"}}
+    staff_headers = {**finance.auth, **key()}
+    done = await client.post(f"/v1/staff/disputes/{dispute['id']}/resolve", json=body, headers=staff_headers)
+    again = await client.post(f"/v1/staff/disputes/{dispute['id']}/resolve", json=body, headers=staff_headers)
+    assert done.status_code == again.status_code == 200 and again.json() == done.json()
+    assert (await client.get("/v1/wallet", headers=member.auth)).json()["balances"][0]["available"] == 1200

@@ -154,11 +154,26 @@ async def get_dispute(dispute_id: uuid.UUID, principal: CurrentMember, session: 
 async def add_message(
     dispute_id: uuid.UUID,
     body: MessageCreate,
+    request: Request,
     principal: CurrentMember,
     session: WriteSession,
     ctx: ContextDep,
-) -> MessageOut:
-    return _message(await service.member_reply(session, principal.user_id, dispute_id, body.body, ctx))
+    idempotency_key: Annotated[str, Depends(idempotency_key_header)],
+) -> JSONResponse:
+    """Add a message to your dispute; a retry with the same Idempotency-Key posts it once."""
+
+    async def handler() -> tuple[int, MessageOut]:
+        return 201, _message(
+            await service.member_reply(session, principal.user_id, dispute_id, body.body, ctx)
+        )
+
+    return await run_idempotent(
+        session,
+        scope=member_scope("dispute_messages", principal.user_id),
+        key=idempotency_key,
+        fingerprint=request_fingerprint(request, body),
+        handler=handler,
+    )
 
 
 @router.post("/{dispute_id}/withdraw", response_model=DisputeDetail, responses=problem_responses(404, 409))
@@ -227,22 +242,52 @@ async def staff_assign(
 async def staff_message(
     dispute_id: uuid.UUID,
     body: StaffMessageCreate,
+    request: Request,
     actor: SupportStaff,
     session: WriteSession,
     ctx: ContextDep,
-) -> MessageOut:
+    idempotency_key: Annotated[str, Depends(idempotency_key_header)],
+) -> JSONResponse:
     """Reply to the member (starts the first-response clock) or add an internal note."""
-    return _message(await service.staff_reply(session, actor, dispute_id, body.body, body.internal, ctx))
+
+    async def handler() -> tuple[int, MessageOut]:
+        return 201, _message(
+            await service.staff_reply(session, actor, dispute_id, body.body, body.internal, ctx)
+        )
+
+    return await run_idempotent(
+        session,
+        scope=member_scope("staff_dispute_messages", actor.user_id),
+        key=idempotency_key,
+        fingerprint=request_fingerprint(request, body),
+        handler=handler,
+    )
 
 
 @staff_router.post(
     "/{dispute_id}/resolve", response_model=StaffDisputeOut, responses=problem_responses(404, 409, 422)
 )
 async def staff_resolve(
-    dispute_id: uuid.UUID, body: Resolve, actor: SupportStaff, session: WriteSession, ctx: ContextDep
-) -> StaffDisputeOut:
+    dispute_id: uuid.UUID,
+    body: Resolve,
+    request: Request,
+    actor: SupportStaff,
+    session: WriteSession,
+    ctx: ContextDep,
+    idempotency_key: Annotated[str, Depends(idempotency_key_header)],
+) -> JSONResponse:
     """Resolve with an outcome; an `adjustment` (finance or admin only) is posted to the member's
-    wallet through the ledger in the same transaction."""
-    return StaffDisputeOut.model_validate(
-        _staff_fields(await service.resolve(session, actor, dispute_id, body, ctx))
+    wallet through the ledger in the same transaction. A retry with the same Idempotency-Key gets
+    the first answer."""
+
+    async def handler() -> tuple[int, StaffDisputeOut]:
+        resolved = await service.resolve(session, actor, dispute_id, body, ctx)
+        return 200, StaffDisputeOut.model_validate(_staff_fields(resolved))
+
+    return await run_idempotent(
+        session,
+        scope=member_scope("dispute_resolutions", actor.user_id),
+        key=idempotency_key,
+        fingerprint=request_fingerprint(request, body),
+        handler=handler,
     )
