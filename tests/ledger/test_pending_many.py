@@ -11,6 +11,7 @@ import pytest
 from referloop import ledger
 from referloop.ledger import AccountCode, PendingStatus
 from referloop.runtime import Runtime
+from tests.factories import db_value
 from tests.ledger.conftest import make_members, program_expense
 
 
@@ -106,6 +107,23 @@ async def test_a_conflicting_key_writes_nothing_of_the_call(runtime: Runtime, un
     with pytest.raises(ledger.InvalidPosting):
         async with runtime.db.sessionmaker() as session, session.begin():
             await ledger.earn_pending_many(session, [earnings[1], earnings[1]])
+
+    # A caller that catches the refusal and commits keeps nothing of the call either: its other
+    # earnings' keys stay free, and a retry without the conflicting one pays them.
+    async with runtime.db.sessionmaker() as session, session.begin():
+        with pytest.raises(ledger.IdempotencyConflict):
+            await ledger.earn_pending_many(session, changed)
+    keys = [e.idempotency_key for e in earnings[1:]]
+    assert (
+        await db_value(runtime, "SELECT count(*) FROM ledger_entries WHERE idempotency_key = ANY(:k)", k=keys)
+        == 0
+    )
+    async with runtime.db.sessionmaker() as session, session.begin():
+        paid = await ledger.earn_pending_many(session, earnings[1:])
+    assert [r.entry.replayed for r in paid] == [False, False]
+    assert await _balance(runtime, members[1]) == (earnings[1].amount, 0, 0)
+    async with runtime.db.sessionmaker() as session:
+        assert (await ledger.reconcile(session)).ok
 
 
 async def test_concurrent_calls_with_overlapping_keys_pay_each_once(runtime: Runtime, unique: str) -> None:

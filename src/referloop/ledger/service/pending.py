@@ -593,6 +593,13 @@ async def earn_pending_many(session: AsyncSession, earnings: Sequence[Earning]) 
                 entry_id=uuid7(),
             )
         )
+    # A key reused with another body is found only once the entries' INSERT ran (entries are never
+    # deleted): a savepoint takes back everything the call wrote, so nothing of it stays behind.
+    async with session.begin_nested():
+        return await _write_many(session, prepared)
+
+
+async def _write_many(session: AsyncSession, prepared: list[_Prepared]) -> list[PendingResult]:
     rows = {r.id: r for p in prepared for r in (p.source_row, p.wallet_row)}
     await create_accounts(session, rows.values())
     driver = await raw_connection(session)
