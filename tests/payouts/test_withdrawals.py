@@ -19,7 +19,15 @@ from referloop import ledger
 from referloop.config import WithdrawalPolicy
 from referloop.identity.models import Role
 from referloop.runtime import Runtime
-from tests.factories import Staff, asgi_client, create_staff, credit_member, db_value, register_member
+from tests.factories import (
+    Staff,
+    asgi_client,
+    create_staff,
+    credit_member,
+    db_rows,
+    db_value,
+    register_member,
+)
 from tests.payouts.test_withdrawals_support import (
     assert_reconciles,
     audit_actions,
@@ -267,6 +275,53 @@ class TestLimits:
         # INR has its own policy: USD withdrawals are not converted into it.
         assert (await request_withdrawal(strict, member, method_id, 1_500, "INR")).status_code == 201
         assert await balance(rt, member.id, "USD") == ledger.MemberBalance("USD", 0, 9_000, 1_000)
+
+    async def test_a_retry_must_fit_the_limits_again_unless_staff_override_them(
+        self, strict: httpx.AsyncClient, strict_app: FastAPI
+    ) -> None:
+        rt: Runtime = strict_app.state.runtime
+        finance = await create_staff(strict, rt, role=Role.finance)
+        member = await register_member(strict)
+        await credit_member(rt, member.id, 100_000)
+        method_id = await usable_method(strict, rt, member)
+
+        def staff_headers() -> dict[str, str]:
+            return {**finance.auth, "Idempotency-Key": str(uuid.uuid4())}
+
+        first = (await request_withdrawal(strict, member, method_id, 3_000)).json()
+        await strict.post(f"/v1/staff/withdrawals/{first['id']}/approve", headers=staff_headers())
+        await run_submissions(rt, first["id"])
+        r = await strict.post(
+            f"/v1/staff/withdrawals/{first['id']}/mark-failed",
+            json={"reason": "The bank returned it."},
+            headers=staff_headers(),
+        )
+        assert r.json()["state"] == "failed"
+        # The failed one stopped counting; the member used the room since (6,000 of 8,000 today).
+        for _ in range(2):
+            assert (await request_withdrawal(strict, member, method_id, 3_000)).status_code == 201
+
+        r = await strict.post(f"/v1/staff/withdrawals/{first['id']}/retry", headers=staff_headers())
+        assert (r.status_code, r.json()["code"]) == (422, "daily_withdrawal_limit"), r.text
+        assert await balance(rt, member.id) == ledger.MemberBalance("INR", 0, 94_000, 6_000)
+
+        r = await strict.post(
+            f"/v1/staff/withdrawals/{first['id']}/retry",
+            json={"override_limits": True},
+            headers=staff_headers(),
+        )
+        assert r.status_code == 200 and r.json()["state"] == "approved", r.text
+        assert await balance(rt, member.id) == ledger.MemberBalance("INR", 0, 91_000, 9_000)
+        [details] = [
+            row["after"]
+            for row in await db_rows(
+                rt,
+                "SELECT after FROM audit_log WHERE target_id = :w AND action = 'withdrawal.approved'"
+                " ORDER BY created_at DESC, id DESC LIMIT 1",
+                w=first["id"],
+            )
+        ]
+        assert details.get("limits_overridden") is True, details
 
 
 class TestStateMachine:

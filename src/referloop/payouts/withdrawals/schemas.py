@@ -146,3 +146,10 @@ def _fields(w: Withdrawal) -> dict[str, object]:
 class WebhookAck(BaseModel):
     received: bool = True
     duplicate: bool = Field(default=False, description="This event was delivered before.")
+
+
+class RetryBody(StrictModel):
+    override_limits: bool = Field(
+        default=False,
+        description="Send it even if it no longer fits the member's daily or monthly limit (audited).",
+    )

@@ -16,7 +16,13 @@ from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from referloop.core.validation import Instant
 from referloop.identity.deps import FinanceStaff
 from referloop.payouts.withdrawals.models import WithdrawalState
-from referloop.payouts.withdrawals.schemas import MarkFailedBody, MarkPaidBody, RejectBody, StaffWithdrawalOut
+from referloop.payouts.withdrawals.schemas import (
+    MarkFailedBody,
+    MarkPaidBody,
+    RejectBody,
+    RetryBody,
+    StaffWithdrawalOut,
+)
 from referloop.payouts.withdrawals.service import queries, staff
 from referloop.payouts.withdrawals.service.transitions import Actor
 
@@ -132,20 +138,27 @@ async def staff_retry(
     request: Request,
     actor: FinanceStaff,
     session: WriteSession,
+    rt: RuntimeDep,
     ctx: ContextDep,
     idempotency_key: Annotated[str, Depends(idempotency_key_header)],
+    body: RetryBody | None = None,
 ) -> JSONResponse:
     """Send a failed withdrawal again (a new attempt, with a new provider key): the amount is held
-    again, so this is refused (422) if the member's balance no longer covers it."""
+    again, so this is refused (422) if the member's balance no longer covers it, or if it no longer
+    fits the member's daily or monthly limit (`daily_withdrawal_limit`...; requests made since may
+    have used them) unless `override_limits` is true, which the audit log records."""
+    override = body is not None and body.override_limits
 
     async def handler() -> tuple[int, StaffWithdrawalOut]:
-        w = await staff.retry(session, withdrawal_id, Actor(actor.user_id, "staff", ctx))
+        w = await staff.retry(
+            session, rt, withdrawal_id, Actor(actor.user_id, "staff", ctx), override_limits=override
+        )
         return 200, StaffWithdrawalOut.of(w)
 
     return await run_idempotent(
         session,
         scope=f"withdrawal_retry:{actor.user_id}",
         key=idempotency_key,
-        fingerprint=request_fingerprint(request, None),
+        fingerprint=request_fingerprint(request, body),
         handler=handler,
     )

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop import ledger
 from referloop.config import PayoutProviderName
+from referloop.core.db import utcnow
 from referloop.identity.errors import refuse_own_case
 from referloop.payouts.providers import ManualProvider
 from referloop.payouts.withdrawals.errors import (
@@ -18,7 +19,7 @@ from referloop.payouts.withdrawals.errors import (
     WrongProvider,
 )
 from referloop.payouts.withdrawals.models import ALLOWED, Withdrawal, WithdrawalState
-from referloop.payouts.withdrawals.service import money
+from referloop.payouts.withdrawals.service import money, policy
 from referloop.payouts.withdrawals.service.payouts import apply_report
 from referloop.payouts.withdrawals.service.transitions import Actor, ensure_allowed, lock, transition
 from referloop.runtime import Runtime
@@ -105,9 +106,18 @@ async def mark_failed(
     return w
 
 
-async def retry(session: AsyncSession, withdrawal_id: uuid.UUID, actor: Actor) -> Withdrawal:
+async def retry(
+    session: AsyncSession,
+    rt: Runtime,
+    withdrawal_id: uuid.UUID,
+    actor: Actor,
+    *,
+    override_limits: bool = False,
+) -> Withdrawal:
     """Try a failed payout again: hold the amount again and send a new attempt (a new provider key:
-    the provider has recorded the first one as failed)."""
+    the provider has recorded the first one as failed). A failed withdrawal stopped counting towards
+    the member's daily and monthly limits, which later requests may have used: it must fit them
+    again, unless staff override them (recorded in the transition's audit)."""
     w = await lock(session, withdrawal_id)
     if w.state != WithdrawalState.failed.value:
         raise IllegalTransition(
@@ -118,6 +128,12 @@ async def retry(session: AsyncSession, withdrawal_id: uuid.UUID, actor: Actor) -
     refuse_own_case(actor.id, w.member_id, "retry your own withdrawal")
     if w.attempt >= MAX_ATTEMPTS:
         raise TooManyAttempts(f"This withdrawal was attempted {w.attempt} times; ask the member for another.")
+    if not override_limits:
+        await policy.lock_member_withdrawals(session, w.member_id)
+        rules = policy.policy_for(rt.settings, w.currency)
+        await policy.check_limits(
+            session, rules, member_id=w.member_id, amount=w.amount, currency=w.currency, now=utcnow()
+        )
     attempt = w.attempt + 1
     try:
         transfer_id = await money.hold(
@@ -146,5 +162,6 @@ async def retry(session: AsyncSession, withdrawal_id: uuid.UUID, actor: Actor) -
     w.failure_message = None
     w.last_error = None
     w.approved_by = actor.id
-    await transition(session, w, WithdrawalState.approved, actor, details={"retry": True, **previous})
+    details = {"retry": True, **previous, **({"limits_overridden": True} if override_limits else {})}
+    await transition(session, w, WithdrawalState.approved, actor, details=details)
     return w
