@@ -180,6 +180,11 @@ async def _run(rt: Runtime, model: Model, op: tuple[Any, ...], step: int) -> Non
                     with pytest.raises(ledger.PendingTransferFinal):
                         await call
                 return
+            if kind == "post" and t["expired"]:
+                # Past its expiry it is only voided (by the expiry job or a void), never posted.
+                with pytest.raises(ledger.PendingTransferExpired):
+                    await ledger.post_pending(session, t["id"], amount=part, destination=dest)
+                return
             if kind == "post":
                 await ledger.post_pending(session, t["id"], amount=part, destination=dest)
             else:
