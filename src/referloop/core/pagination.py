@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 from pydantic import BaseModel, Field
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import Select, and_, or_, tuple_
 from sqlalchemy.orm import InstrumentedAttribute
 
 from referloop.core.errors import InvalidInput
@@ -43,18 +43,37 @@ def decode_cursor(cursor: str) -> list[str]:
     return values
 
 
+def _last_id(values: list[str]) -> uuid.UUID:
+    try:
+        return uuid.UUID(values[0])
+    except (ValueError, IndexError) as exc:
+        raise InvalidInput("The cursor is not one this API returned.") from exc
+
+
 def paginate_by_id_desc(
     stmt: Select[Any], id_column: InstrumentedAttribute[uuid.UUID], cursor: str | None, limit: int
 ) -> Select[Any]:
     """Newest first by UUIDv7 id (which sorts by creation time)."""
     if cursor:
-        (last,) = decode_cursor(cursor)[:1] or [""]
-        try:
-            last_id = uuid.UUID(last)
-        except ValueError as exc:
-            raise InvalidInput("The cursor is not one this API returned.") from exc
-        stmt = stmt.where(id_column < last_id)
+        stmt = stmt.where(id_column < _last_id(decode_cursor(cursor)))
     return stmt.order_by(id_column.desc()).limit(limit + 1)
+
+
+def paginate_by_id_then_desc(
+    stmt: Select[Any],
+    id_column: InstrumentedAttribute[uuid.UUID],
+    tie_column: InstrumentedAttribute[str],
+    cursor: str | None,
+    limit: int,
+) -> Select[Any]:
+    """Newest first by id, for rows that share an id (one per id and `tie_column` value): the cursor
+    is both, so a page never ends between two rows of one id and skips the second. A cursor of the
+    id alone (from `paginate_by_id_desc`) still works."""
+    if cursor:
+        values = decode_cursor(cursor)
+        last = (_last_id(values), values[1] if len(values) > 1 else "")
+        stmt = stmt.where(tuple_(id_column, tie_column) < last)
+    return stmt.order_by(id_column.desc(), tie_column.desc()).limit(limit + 1)
 
 
 def paginate_by_time_desc(

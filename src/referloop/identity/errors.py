@@ -1,3 +1,5 @@
+import uuid
+
 from referloop.core.errors import AppError, Conflict, Forbidden, Unauthorized
 
 
@@ -58,7 +60,7 @@ class OwnCase(Forbidden):
     title = "Another staff member must do this"
 
 
-def refuse_own_case(actor_id: object, subject_member_id: object, what: str) -> None:
+def refuse_own_case(actor_id: uuid.UUID | None, subject_member_id: uuid.UUID, what: str) -> None:
     """Raise OwnCase when a staff member would act on their own account (`what`: "approve your own
     withdrawal", ...)."""
     if actor_id is not None and actor_id == subject_member_id:

@@ -28,12 +28,13 @@ class CurrencyInfo:
     name: str
     number: int
 
-    def to_major(self, amount: int) -> Decimal:
-        """Minor units as an exact decimal in major units (display and exports only)."""
-        return Decimal(amount).scaleb(-self.exponent)
+    def major_text(self, amount: int) -> str:
+        """Minor units as a plain decimal in major units, for display and exports: 1500 INR is
+        "15.00", 1500 JPY "1500", 1500 KWD "1.500"."""
+        return f"{Decimal(amount).scaleb(-self.exponent):.{self.exponent}f}"
 
     def format(self, amount: int) -> str:
-        return f"{minor_to_decimal(amount, self.exponent)} {self.code}"
+        return f"{self.major_text(amount)} {self.code}"
 
 
 @cache
@@ -43,11 +44,6 @@ def _table() -> dict[str, CurrencyInfo]:
         for c in _IsoCurrency
         if c.exponent is not None
     }
-
-
-def minor_to_decimal(amount: int, exponent: int) -> str:
-    """Minor units as a plain decimal string in major units: 1500 → "15.00" (exponent 2)."""
-    return f"{Decimal(amount).scaleb(-exponent):.{exponent}f}"
 
 
 def get_currency(code: str) -> CurrencyInfo:

@@ -15,7 +15,7 @@ from referloop.core.errors import InvalidInput, problem_responses
 from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from referloop.core.validation import AwareInstant
 from referloop.identity.deps import CurrentMember
-from referloop.ledger.currencies import get_currency, minor_to_decimal
+from referloop.ledger.currencies import get_currency
 from referloop.wallet import service
 from referloop.wallet.schemas import TransactionOut, TransactionStatus, WalletOut
 
@@ -123,9 +123,9 @@ async def export_transactions(
                 until=until,
             ):
                 data = row.model_dump(mode="json")
-                exponent = get_currency(row.currency).exponent
+                info = get_currency(row.currency)
                 for change in ("pending_change", "available_change", "held_change"):
-                    data[f"{change}_decimal"] = minor_to_decimal(data[change], exponent)
+                    data[f"{change}_decimal"] = info.major_text(data[change])
                 writer.writerow([data[c] if data[c] is not None else "" for c in CSV_COLUMNS])
                 if buffer.tell() > 64_000:
                     yield buffer.getvalue()

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, tuple_
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from referloop.core.errors import InvalidInput
-from referloop.core.pagination import decode_cursor, split_page
+from referloop.core.pagination import paginate_by_id_then_desc, split_page
 from referloop.ledger.models import AccountCode, JournalEntry, LedgerAccount, PendingTransfer, Posting
 from referloop.ledger.service.accounts import platform_account
 
@@ -124,18 +123,12 @@ async def list_member_entries(
         # release, a payout or a void); "completed": it moved available money only.
         awaiting = func.coalesce(net.filter(Posting.bucket.in_(("pending", "held"))), 0) > 0
         stmt = stmt.having(awaiting if status == "pending" else ~awaiting)
-    # One row per entry and currency (an entry may move two currencies for the member): the cursor
-    # is both, or a page ending on an entry's first currency would skip its second.
-    if cursor:
-        values = decode_cursor(cursor)
-        try:
-            last_id = uuid.UUID(values[0])
-        except (ValueError, IndexError) as exc:
-            raise InvalidInput("The cursor is not one this API returned.") from exc
-        last_currency = values[1] if len(values) > 1 else ""
-        stmt = stmt.where(tuple_(JournalEntry.id, Posting.currency) < (last_id, last_currency))
-    stmt = stmt.order_by(JournalEntry.id.desc(), Posting.currency.desc()).limit(limit + 1)
-    rows = (await session.execute(stmt)).all()
+    # One row per entry and currency: an entry may move two currencies for the member.
+    rows = (
+        await session.execute(
+            paginate_by_id_then_desc(stmt, JournalEntry.id, Posting.currency, cursor, limit)
+        )
+    ).all()
     page, next_cursor = split_page(list(rows), limit, lambda r: [r.id, r.currency])
     return [
         MemberEntry(
