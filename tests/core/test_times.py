@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from referloop.core.errors import InvalidInput
+from referloop.core.pagination import encode_cursor, paginate_by_time_desc
 from referloop.core.validation import storable_instant
+from referloop.referrals.lifecycle.models import Referral
 from tests.factories import register_member
 
 # Year 1 at +04:27 is year 0 in UTC; the last day of 9999 at -05:00 is year 10000.
@@ -44,3 +51,30 @@ def test_storable_instant_keeps_every_time_in_range() -> None:
     assert storable_instant(datetime(9999, 12, 31, 23, 59, tzinfo=UTC)).year == 9999
     with pytest.raises(ValueError, match="years 1 to 9999"):
         storable_instant(datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=4))))
+
+
+def _cursor(*values: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        _cursor(TOO_EARLY, str(uuid.uuid4())),
+        _cursor(TOO_LATE, str(uuid.uuid4())),
+        _cursor("2026-12-03T10:00:00", str(uuid.uuid4())),  # no time zone
+        _cursor("yesterday", str(uuid.uuid4())),
+        _cursor("2026-12-03T10:00:00Z"),
+    ],
+)
+def test_a_crafted_time_cursor_is_refused_before_the_database(cursor: str) -> None:
+    # A 422 "not one this API returned" (InvalidInput), where the driver would have failed with a 500.
+    with pytest.raises(InvalidInput, match="cursor"):
+        paginate_by_time_desc(select(Referral), Referral.updated_at, Referral.id, cursor, 10)
+
+
+def test_a_time_cursor_this_api_returned_is_taken() -> None:
+    cursor = encode_cursor([datetime(2026, 12, 3, 10, tzinfo=UTC), uuid.uuid4()])
+    assert "updated_at <" in str(
+        paginate_by_time_desc(select(Referral), Referral.updated_at, Referral.id, cursor, 10)
+    )

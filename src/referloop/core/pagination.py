@@ -13,6 +13,7 @@ from sqlalchemy import Select, and_, or_, tuple_
 from sqlalchemy.orm import InstrumentedAttribute
 
 from referloop.core.errors import InvalidInput
+from referloop.core.validation import storable_instant
 
 T = TypeVar("T")
 
@@ -86,7 +87,11 @@ def paginate_by_time_desc(
     if cursor:
         values = decode_cursor(cursor)
         try:
-            last_time, last_id = datetime.fromisoformat(values[0]), uuid.UUID(values[1])
+            # Cursors this API returns carry an aware time; a crafted one must not reach the driver,
+            # which cannot take a naive time for this column or one outside its years (a 500).
+            last_time, last_id = storable_instant(datetime.fromisoformat(values[0])), uuid.UUID(values[1])
+            if last_time.tzinfo is None:
+                raise ValueError("a cursor's time has a time zone")
         except (ValueError, IndexError) as exc:
             raise InvalidInput("The cursor is not one this API returned.") from exc
         stmt = stmt.where(or_(time_column < last_time, and_(time_column == last_time, id_column < last_id)))
