@@ -213,8 +213,9 @@ class Server:
             return ""
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far."""
-        return process_cpu_seconds(self.pid)
+        """User + system CPU time the server has used so far: its process and, with several
+        workers, the worker processes it started."""
+        return process_cpu_seconds(self.pid) + sum(process_cpu_seconds(pid) for pid in child_pids(self.pid))
 
     def __enter__(self) -> Server:
         self.start()
@@ -225,9 +226,83 @@ class Server:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # exited meanwhile
+        return 0.0
     # fields[11], fields[12] are utime and stime (the 14th and 15th fields of the whole line)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(parent: int) -> list[int]:
+    children = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:  # the 4th field of the whole line: the parent's pid
+                children.append(int(entry.name))
+    return children
+
+
+# --------------------------------------------------------------------------------------------------
+# Where the CPU went: the machine's busy time and PostgreSQL's share of it
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """Cumulative CPU seconds at one instant. `machine` is every core's busy time (user, nice,
+    system, irq, softirq: not idle, iowait or steal); `postgres` is what the local PostgreSQL's
+    processes used, exited backends included (the postmaster reaps them into its children's time).
+    Either is None where /proc does not show it (another OS, a database on another host)."""
+
+    machine: float | None
+    postgres: float | None
+
+
+def _machine_busy_seconds() -> float | None:
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_seconds() -> float | None:
+    total, seen = 0, False
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            line = Path(entry.path, "stat").read_text()
+        except OSError:  # exited meanwhile, or not ours to read
+            continue
+        name, rest = line[line.index("(") + 1 : line.rindex(")")], line.rsplit(")", 1)[1].split()
+        if name.startswith("postgres"):
+            seen = True
+            # utime, stime, cutime, cstime: the 14th to 17th fields of the whole line
+            total += int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
+    return total / os.sysconf("SC_CLK_TCK") if seen else None
+
+
+def cpu_sample() -> CpuSample:
+    return CpuSample(machine=_machine_busy_seconds(), postgres=_postgres_seconds())
+
+
+def cpu_per_unit(before: CpuSample, after: CpuSample, units: int) -> dict[str, float | None]:
+    """Milliseconds of CPU per unit of work between two samples: the whole machine's, PostgreSQL's,
+    and the rest (the client or API server, the load generator, the kernel's share of both)."""
+
+    def per(a: float | None, b: float | None) -> float | None:
+        return round((b - a) * 1000 / units, 3) if a is not None and b is not None and units else None
+
+    machine = per(before.machine, after.machine)
+    postgres = per(before.postgres, after.postgres)
+    rest = round(machine - postgres, 3) if machine is not None and postgres is not None else None
+    return {"machine_ms": machine, "postgres_ms": postgres, "rest_ms": rest}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,8 +313,10 @@ def process_cpu_seconds(pid: int) -> float:
 class Workload:
     """One kind of request, made from a list of items (tokens, ids), one item per request.
 
-    kind: "bearer" (GET url, item as bearer token), "path" (GET url + item) or "json:<field>"
-    (POST url with {"<field>": item}). once: an item is never sent twice (single-use tokens)."""
+    kind: "bearer" (GET url, item as bearer token), "path" (GET url + item), "json:<field>"
+    (POST url with {"<field>": item}) or "bearer-post" (item `<token> <idempotency key> <JSON
+    body>`: POST url with that body, token and key). once: an item is never sent twice (single-use
+    tokens, idempotency keys)."""
 
     name: str
     url: str
@@ -252,6 +329,14 @@ class Workload:
             return "GET", self.url, {"Authorization": f"Bearer {item}"}, None
         if self.kind == "path":
             return "GET", self.url + item, {}, None
+        if self.kind == "bearer-post":
+            token, key, body_text = item.split(" ", 2)
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "Idempotency-Key": key,
+                "Content-Type": "application/json",
+            }
+            return "POST", self.url, headers, body_text.encode()
         if self.kind.startswith("json:"):
             body = json.dumps({self.kind[5:]: item}).encode()
             return "POST", self.url, {"Content-Type": "application/json"}, body
@@ -631,6 +716,7 @@ def profile_server(pid: int, seconds: int, out_raw: Path, rate: int = 250) -> bo
             "--format",
             "raw",
             "--nonblocking",
+            "--subprocesses",  # the API's worker processes, when it runs several
             "--output",
             str(out_raw),
         ],

@@ -9,13 +9,16 @@ In one run, on one fresh database and at one client count:
 - `hot_sharded` / `hot_single`: the hot-account case, every entry moving 1 unit from a random member
   into ONE platform account: `fees` (split into PLATFORM_SHARDS rows, one picked per entry) and
   `adjustments` (one row, not split). The gap between the two is what the shards buy;
-- `withdrawals`: `POST /v1/withdrawals` through HTTP against `referloop serve` (a fresh member, method
-  and Idempotency-Key per request; each request holds the amount, records the withdrawal, and is
-  approved automatically: two audited transitions and two outbox events), closed loop, same clients.
+- `withdrawals`: `POST /v1/withdrawals` through HTTP against `referloop serve`, driven by wrk (the
+  Python runner where wrk cannot be had) so that the load generator takes little of the two cores:
+  members in turn, a fresh Idempotency-Key per request; each request holds the amount, records the
+  withdrawal, and is approved automatically (two audited transitions and two outbox events).
 Targets: postings >= 50 % of pgbench's tps, withdrawals >= 30 %. Reconcile must find nothing after.
 When the withdrawal target is missed (or with --profile) the server is sampled with py-spy under that
-load. BENCH_LEDGER_HTTP_WORKERS sets the API's process count (default 1: measured faster than 2 on
-2 cores, as the audit chain's lock is held across more context switches with two)."""
+load. BENCH_LEDGER_HTTP_WORKERS sets the API's process count (default 2: with wrk as the load
+generator, two workers made 125-182 withdrawals/s where one made 91-108, one core being the limit).
+Every run also records where the CPU went per transaction (the whole machine, PostgreSQL, the rest),
+and from it the ratio each workload could reach at most if nothing but PostgreSQL cost anything."""
 
 from __future__ import annotations
 
@@ -42,8 +45,11 @@ from bench.common import (
     LoadResult,
     Server,
     Workload,
+    cpu_per_unit,
+    cpu_sample,
     database_url_for,
     drop_database,
+    ensure_wrk,
     fmt,
     fresh_database,
     log,
@@ -62,11 +68,12 @@ from bench.identity import mint_access_tokens, profile_summary, seed, server_set
 
 NAME = "ledger"
 CLIENTS = 16
-HTTP_WORKERS = int(os.environ.get("BENCH_LEDGER_HTTP_WORKERS", "1"))  # API processes
+HTTP_WORKERS = int(os.environ.get("BENCH_LEDGER_HTTP_WORKERS", "2"))  # API processes
 FUNDING = 10**12  # minor units per member: never the limit during a run
 WITHDRAWAL_AMOUNT = 100  # 1.00 INR, the default minimum: auto-approved
 TARGET_POSTINGS = 0.50
 TARGET_WITHDRAWALS = 0.30
+PROFILE_S = 10  # py-spy's sampling time under withdrawal load
 
 Work = Callable[[Any, random.Random], Awaitable[None]]
 
@@ -93,6 +100,8 @@ def pgbench(url: str, clients: int, duration_s: float) -> dict[str, Any]:
     subprocess.run(
         ["pgbench", "-i", "-q", "-s", str(clients), url], check=True, capture_output=True, text=True
     )
+    time.sleep(1.0)  # the initialising backend's exit lands in PostgreSQL's CPU time: not in the run's
+    before = cpu_sample()
     out = subprocess.run(
         [
             "pgbench",
@@ -111,7 +120,9 @@ def pgbench(url: str, clients: int, duration_s: float) -> dict[str, Any]:
         capture_output=True,
         text=True,
     ).stdout
+    after = cpu_sample()
     tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+    processed = re.search(r"number of transactions actually processed: (\d+)", out)
     latency = re.search(r"latency average = ([\d.]+) ms", out)
     failed = re.search(r"number of failed transactions: (\d+)", out)
     return {
@@ -121,6 +132,7 @@ def pgbench(url: str, clients: int, duration_s: float) -> dict[str, Any]:
         "clients": clients,
         "scale": clients,
         "duration_s": duration_s,
+        "cpu_ms_per_txn": cpu_per_unit(before, after, int(processed.group(1)) if processed else 0),
     }
 
 
@@ -269,13 +281,13 @@ async def drive(url: str, clients: int, plan: Plan, work: Work) -> dict[str, Any
 
     db = Database(to_asyncpg_url(url), pool_size=clients, max_overflow=0)
     latencies: list[float] = []
-    done = errors = 0
+    done = errors = finished = 0
     start = time.perf_counter()
     measure_from = start + plan.warmup_s
     stop_at = measure_from + plan.duration_s
 
     async def client(seed_: int) -> None:
-        nonlocal done, errors
+        nonlocal done, errors, finished
         rng = random.Random(seed_)
         while (began := time.perf_counter()) < stop_at:
             try:
@@ -284,16 +296,18 @@ async def drive(url: str, clients: int, plan: Plan, work: Work) -> dict[str, Any
             except Exception:
                 errors += 1
                 continue
+            finished += 1
             if began >= measure_from:
                 done += 1
                 latencies.append(time.perf_counter() - began)
 
-    cpu0 = time.process_time()
+    cpu0, before = time.process_time(), cpu_sample()
     try:
         await asyncio.gather(*(client(i) for i in range(clients)))
     finally:
         await db.dispose()
     wall = time.perf_counter() - start
+    after = cpu_sample()
     latencies.sort()
 
     def pct(p: float) -> float | None:
@@ -312,6 +326,8 @@ async def drive(url: str, clients: int, plan: Plan, work: Work) -> dict[str, Any
         "clients": clients,
         "duration_s": plan.duration_s,
         "client_cpu_cores": round((time.process_time() - cpu0) / wall, 2),
+        # Warm-up included on both sides: CPU over the whole run, per entry over the whole run.
+        "cpu_ms_per_txn": cpu_per_unit(before, after, finished),
     }
 
 
@@ -344,22 +360,26 @@ async def reconcile(url: str) -> int:
 # HTTP workload
 
 
-@dataclass(frozen=True)
-class WithdrawalWorkload(Workload):
-    """Items are `<access token> <payout method id>`; every request has a fresh Idempotency-Key."""
-
-    def request_parts(self, item: str) -> tuple[str, str, dict[str, str], bytes | None]:
-        token, method_id = item.split(" ", 1)
-        body = f'{{"amount": {WITHDRAWAL_AMOUNT}, "currency": "INR", "payout_method_id": "{method_id}"}}'
-        headers = {
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json",
-            "Idempotency-Key": str(uuid.uuid4()),
-        }
-        return "POST", self.url, headers, body.encode()
+# Requests per second no run here comes near: each phase gets this many items per second it lasts,
+# so that no wrk thread runs out of fresh Idempotency-Keys.
+WITHDRAWAL_ITEMS_PER_S = 1_000
 
 
-def smoke_check(workload: WithdrawalWorkload) -> None:
+def withdrawal_workload(
+    url: str, phase: str, workdir: Path, tokens: list[str], method_ids: list[uuid.UUID], seconds: float
+) -> Workload:
+    """One phase's requests, each with its own Idempotency-Key, round-robin over the members: keys
+    are never reused (a replay is cheaper than a withdrawal and would flatter the figure)."""
+    lines = []
+    for i in range(int(seconds * WITHDRAWAL_ITEMS_PER_S) + len(tokens)):
+        member = i % len(tokens)
+        body = f'{{"amount":{WITHDRAWAL_AMOUNT},"currency":"INR","payout_method_id":"{method_ids[member]}"}}'
+        lines.append(f"{tokens[member]} {uuid.uuid4()} {body}")
+    items = write_items(workdir / f"withdrawals-{phase}.txt", lines)
+    return Workload(f"withdrawals-{phase}", url, "bearer-post", items, once=True)
+
+
+def smoke_check(workload: Workload) -> None:
     import httpx
 
     method, url, headers, body = workload.request_parts(workload.items()[0])
@@ -368,12 +388,21 @@ def smoke_check(workload: WithdrawalWorkload) -> None:
         raise RuntimeError(f"POST /v1/withdrawals answered {r.status_code}: {r.text[:500]}")
 
 
-def run_withdrawals(server: Server, workload: WithdrawalWorkload, plan: Plan, url: str) -> dict[str, Any]:
-    run_saturation(None, workload, connections=CLIENTS, duration_s=plan.warmup_s)
+def run_withdrawals(
+    server: Server, wrk: str | None, phases: dict[str, Workload], plan: Plan, url: str
+) -> dict[str, Any]:
+    run_saturation(wrk, phases["warmup"], connections=CLIENTS, duration_s=plan.warmup_s)
     cpu: dict[str, float] = {}
     with measure_cpu(server, cpu, url):
-        result: LoadResult = run_saturation(None, workload, connections=CLIENTS, duration_s=plan.duration_s)
-    ok = result.extra.get("statuses", {}).get("201", 0)
+        before = cpu_sample()
+        result: LoadResult = run_saturation(
+            wrk, phases["measured"], connections=CLIENTS, duration_s=plan.duration_s
+        )
+        after = cpu_sample()
+    if "statuses" in result.extra:  # the Python runner counts each status
+        ok = result.extra["statuses"].get("201", 0)
+    else:  # wrk counts answers outside 2xx/3xx; every key is fresh, so a 2xx here is a 201
+        ok = result.requests - result.bad_status - result.errors
     return {
         "tps": round(ok / result.duration_s, 1),
         "requests": result.requests,
@@ -386,20 +415,24 @@ def run_withdrawals(server: Server, workload: WithdrawalWorkload, plan: Plan, ur
         "clients": CLIENTS,
         "duration_s": round(result.duration_s, 2),
         "server_cpu_cores": cpu.get("cores"),
+        "server_cpu_ms_per_request": round(cpu["cores"] * result.duration_s * 1000 / result.requests, 3)
+        if cpu.get("cores") and result.requests
+        else None,
+        "cpu_ms_per_txn": cpu_per_unit(before, after, result.requests),
         "server_workers": HTTP_WORKERS,
         "tool": result.tool,
     }
 
 
 def profile_withdrawals(
-    server: Server, workload: WithdrawalWorkload, out_dir: Path, seconds: int = 10
+    server: Server, wrk: str | None, workload: Workload, out_dir: Path, seconds: int = PROFILE_S
 ) -> Path | None:
     """py-spy the server while withdrawals run at CLIENTS connections; returns the collapsed stacks."""
     raw = out_dir / f"{NAME}-withdrawals-profile.collapsed"
     out_dir.mkdir(parents=True, exist_ok=True)
     load = threading.Thread(
         target=run_saturation,
-        args=(None, workload),
+        args=(wrk, workload),
         kwargs={"connections": CLIENTS, "duration_s": seconds + 4},
         daemon=True,
     )
@@ -448,18 +481,21 @@ def run(options: BenchOptions) -> dict[str, Any]:
             log(f"  {runs[name]['tps']} tps, p99 {runs[name]['p99_ms']} ms, errors {runs[name]['errors']}")
 
         tokens = mint_access_tokens(pem, seeded)
-        items = write_items(
-            workdir / "withdrawals.txt",
-            [f"{t} {m}" for t, m in zip(tokens, method_ids, strict=True)],
-        )
+        wrk = ensure_wrk()
         server = Server(settings_env, workdir, workers=HTTP_WORKERS)
         with server:
-            workload = WithdrawalWorkload(
-                "withdrawals", f"{server.base_url}/v1/withdrawals", "withdrawal", items
-            )
-            smoke_check(workload)
+            endpoint = f"{server.base_url}/v1/withdrawals"
+            phases = {
+                phase: withdrawal_workload(endpoint, phase, workdir, tokens, method_ids, seconds)
+                for phase, seconds in (
+                    ("warmup", plan.warmup_s),
+                    ("measured", plan.duration_s),
+                    ("profile", PROFILE_S + 4),
+                )
+            }
+            smoke_check(phases["warmup"])
             log(f"withdrawals over HTTP: {CLIENTS} connections, {plan.duration_s:g} s")
-            runs["withdrawals"] = run_withdrawals(server, workload, plan, url)
+            runs["withdrawals"] = run_withdrawals(server, wrk, phases, plan, url)
             w = runs["withdrawals"]
             log(f"  {w['tps']} created/s, p99 {w['p99_ms']} ms, server CPU {w['server_cpu_cores']} cores")
             base = runs["pgbench_tpcb"]["tps"]
@@ -467,7 +503,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
             raw = None
             if options.profile or (missed and not options.quick):
                 writing = options.write and not options.quick
-                raw = profile_withdrawals(server, workload, WORK_DIR if writing else workdir)
+                raw = profile_withdrawals(server, wrk, phases["profile"], WORK_DIR if writing else workdir)
         discrepancies = asyncio.run(reconcile(url))
         log(f"reconcile: {discrepancies} difference(s)")
         doc = results_document(runs, machine_info(version), plan, funding_tps, discrepancies, load_before)
@@ -507,6 +543,19 @@ def results_document(
         "hot_sharded_vs_pgbench_tps": ratio("hot_sharded"),
         "hot_single_vs_pgbench_tps": ratio("hot_single"),
     }
+
+    def ceiling(name: str) -> float | None:
+        # The ratio to pgbench if all but PostgreSQL's own work for `name` cost nothing (the machine
+        # is CPU-bound in both runs): the baseline's whole CPU per transaction over the workload's
+        # PostgreSQL CPU per transaction.
+        baseline_cpu = runs["pgbench_tpcb"].get("cpu_ms_per_txn", {}).get("machine_ms")
+        postgres_cpu = runs[name].get("cpu_ms_per_txn", {}).get("postgres_ms")
+        return round(baseline_cpu / postgres_cpu, 3) if baseline_cpu and postgres_cpu else None
+
+    ceilings = {
+        "postings_vs_pgbench_tps": ceiling("postings"),
+        "withdrawals_vs_pgbench_tps": ceiling("withdrawals"),
+    }
     targets = {
         name: {"min": minimum, "value": ratios[name], "met": (ratios[name] or 0) >= minimum}
         for name, minimum in (
@@ -519,6 +568,7 @@ def results_document(
         "machine": machine,
         "runs": runs,
         "ratios": ratios,
+        "ceilings_if_only_postgres_cost": ceilings,
         "targets": targets,
         "setup": {
             "members": plan.members,
@@ -549,6 +599,12 @@ def markdown_section(doc: dict[str, Any]) -> str:
         return f"| {label} | {fmt(r[name]['tps'])} | {fmt(r[name].get('p50_ms'), 2)} | {fmt(r[name].get('p99_ms'), 2)} | {ratio} |"
 
     met = {k: "met" if v["met"] else "MISSED" for k, v in doc["targets"].items()}
+
+    def cpu_row(name: str, label: str) -> str:
+        cpu = r[name].get("cpu_ms_per_txn") or {}
+        return f"| {label} | {fmt(cpu.get('machine_ms'), 3)} | {fmt(cpu.get('postgres_ms'), 3)} | {fmt(cpu.get('rest_ms'), 3)} |"
+
+    ceilings = doc.get("ceilings_if_only_postgres_cost", {})
     profile = ""
     if "profile" in doc:
         parts = ", ".join(
@@ -572,6 +628,22 @@ Reconcile after the run: {setup["reconcile_discrepancies_after"]} difference(s).
 
 Targets: postings >= {TARGET_POSTINGS:.0%} of pgbench ({met["postings_vs_pgbench_tps"]}), withdrawals
 >= {TARGET_WITHDRAWALS:.0%} ({met["withdrawals_vs_pgbench_tps"]}).
+
+Where the CPU went, per transaction (all cores busy in every run; "the rest" is the Python client or
+API server, the load generator and the kernel):
+
+| workload | whole machine, ms | PostgreSQL, ms | the rest, ms |
+| --- | ---: | ---: | ---: |
+{cpu_row("pgbench_tpcb", "pgbench TPC-B-like")}
+{cpu_row("postings", "ledger postings")}
+{cpu_row("withdrawals", "POST /v1/withdrawals")}
+
+If everything but PostgreSQL cost nothing, postings could reach at most
+{fmt(ceilings.get("postings_vs_pgbench_tps"), 2)} of pgbench and withdrawals at most
+{fmt(ceilings.get("withdrawals_vs_pgbench_tps"), 2)} (the baseline's whole CPU per transaction over the
+workload's PostgreSQL CPU per transaction). A withdrawal's database work is the idempotency record,
+the hold's entry, postings and balances, the pending transfer, the withdrawal, two outbox events,
+two chained audit rows and the limits read.
 
 The hot account: an entry locks the balance rows it moves, so entries into one row queue behind each
 other (`hot_single`). Platform accounts that many entries touch (reward expense, payout clearing,

@@ -5,6 +5,8 @@
 -- kind   "bearer":  GET <url> with `Authorization: Bearer <item>`
 --        "path":    GET <url><item>
 --        "json:<field>": POST <url> with the body {"<field>": "<item>"}
+--        "bearer-post": the item is `<token> <idempotency key> <JSON body>`: POST <url> with that
+--                   body, `Authorization: Bearer <token>` and `Idempotency-Key: <key>`
 -- once   "1": an item is never sent twice (single-use tokens); a thread that runs out stops
 --        "0": items are reused round-robin
 -- Thread n of N takes lines n, n+N, n+2N ... so threads never share an item.
@@ -42,6 +44,13 @@ function init(args)
           req = wrk.format("GET", wrk.path, { ["Authorization"] = "Bearer " .. line })
         elseif kind == "path" then
           req = wrk.format("GET", wrk.path .. line)
+        elseif kind == "bearer-post" then
+          local token, key, body = string.match(line, "^(%S+) (%S+) (.+)$")
+          req = wrk.format("POST", wrk.path, {
+            ["Authorization"] = "Bearer " .. token,
+            ["Idempotency-Key"] = key,
+            ["Content-Type"] = "application/json",
+          }, body)
         elseif field ~= nil then
           req = wrk.format("POST", wrk.path, { ["Content-Type"] = "application/json" },
             '{"' .. field .. '":"' .. line .. '"}')
