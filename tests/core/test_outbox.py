@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
@@ -20,12 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.core.db import utcnow
 from referloop.core.outbox import enqueue
+from referloop.core.outbox import relay as relay_module
 from referloop.core.outbox.broker import BrokerConsumers, Topology
 from referloop.core.outbox.consumers import ConsumerRegistry, handle_once, topic_matches
 from referloop.core.outbox.dead import retry_dead
 from referloop.core.outbox.drain import drain_once
 from referloop.core.outbox.models import DeadLetter, InboxRecord, OutboxEvent
-from referloop.core.outbox.relay import Relay
+from referloop.core.outbox.relay import BrokerUnavailableError, Relay
 from referloop.core.outbox.runner import run_worker
 from referloop.core.outbox.stats import OutboxStats, outbox_stats
 from referloop.core.periodic import PeriodicJob
@@ -214,6 +216,81 @@ async def test_relay_backs_off_a_failed_publish_and_recovers(
     finally:
         await relay.close()
         await connection.close()
+
+
+class StallingProxy:
+    """A TCP hop between the relay and RabbitMQ that can stop passing the broker's frames on while
+    keeping the connection up: what a publisher sees when the broker blocks it (a memory or disk
+    alarm) or the network stalls. Nothing is dropped; held frames are simply never delivered."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.stalled = False
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._connect, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _connect(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        broker_reader, broker_writer = await asyncio.open_connection(*self.target)
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, from_broker: bool) -> None:
+            while data := await reader.read(65536):
+                while from_broker and self.stalled:
+                    await asyncio.sleep(0.05)
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        await asyncio.gather(
+            pipe(client_reader, broker_writer, False),
+            pipe(broker_reader, client_writer, True),
+            return_exceptions=True,
+        )
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_a_broker_that_stops_confirming_costs_no_event_a_try(
+    runtime: Runtime, broker_ns: BrokerNamespace, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stall longer than every retry used to mark each row dead, for `outbox retry-dead` to revive.
+    monkeypatch.setattr(relay_module, "PUBLISH_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(relay_module, "CONNECT_TIMEOUT_SECONDS", 0.5)
+    broker = urlsplit(broker_ns.amqp_url)
+    proxy = StallingProxy(broker.hostname or "127.0.0.1", broker.port or 5672)
+    port = await proxy.start()
+    proxied = broker._replace(netloc=f"{broker.username}:{broker.password}@127.0.0.1:{port}").geturl()
+    rt = dataclasses.replace(
+        runtime,
+        settings=broker_ns.settings(
+            runtime.settings, [], amqp_url=proxied, outbox_max_attempts=2, outbox_backoff_base_seconds=0.01
+        ),
+    )
+    relay = Relay(rt)
+    try:
+        await relay.relay_once()  # connected, exchange declared
+        proxy.stalled = True
+        event_id = await enqueue_committed(rt, f"test.{unique}.created", {"k": "v"})
+        with pytest.raises(BrokerUnavailableError, match="confirmed none"):
+            await relay.relay_once()
+        for _ in range(3):  # more stalled rounds than the row has tries; reconnecting stalls too
+            with pytest.raises(BrokerUnavailableError):
+                await relay.relay_once()
+        row = await load_event(rt, event_id)
+        assert row.attempts == 0 and row.dead_at is None and row.published_at is None
+
+        proxy.stalled = False  # the alarm clears: the row goes out with no one's help
+        await run_until_published(relay.relay_once, rt, event_id)
+        assert (await load_event(rt, event_id)).attempts == 0
+    finally:
+        await relay.close()
+        await proxy.close()
 
 
 # --- consumers on RabbitMQ -----------------------------------------------------------------------------

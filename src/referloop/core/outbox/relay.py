@@ -4,11 +4,14 @@ Each batch is one transaction: claim due rows with `FOR UPDATE SKIP LOCKED`, pub
 publisher confirms, then mark the confirmed ones published and back off the others. A crash after the
 broker confirmed but before the commit republishes those rows later: consumers' inbox makes that
 harmless. A broker that is down is not the events' fault, so such a batch is released without counting
-a try (else a long outage would exhaust every row's tries)."""
+a try (else a long outage would exhaust every row's tries). Nor is a broker that stops confirming
+(a memory or disk alarm blocks publishers while the connection stays up): a publish that timed out
+is not counted either; the confirmed rows of its batch are kept, and the relay reconnects after a pause."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 import aio_pika
@@ -88,6 +91,8 @@ class Relay:
                 raise BrokerUnavailableError(short_error(failed[0][1]))
             published = [e.id for e, r in zip(events, results, strict=True) if r is None]
             await mark_published(session, published)
+            stalled = [e for e, exc in failed if isinstance(exc, TimeoutError)]
+            failed = [(e, exc) for e, exc in failed if not isinstance(exc, TimeoutError)]
             for event, exc in failed:
                 record_failure(event, exc, settings)
                 log.warning(
@@ -98,9 +103,15 @@ class Relay:
                     dead=event.dead_at is not None,
                     error=event.last_error,
                 )
+        if stalled:
+            # Committed above: the confirmed rows are published and the stalled ones untouched, due at once.
+            await self.close()
+            raise BrokerUnavailableError(f"the broker confirmed none of {len(stalled)} publish(es) in time")
         return len(events)
 
     async def close(self) -> None:
-        if self._connection is not None and not self._connection.is_closed:
-            await self._connection.close()
-        self._connection = self._channel = self._exchange = None
+        connection, self._connection, self._channel, self._exchange = self._connection, None, None, None
+        if connection is not None and not connection.is_closed:
+            # Bounded: a stalled broker never answers the close either; the socket goes with the object.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), CONNECT_TIMEOUT_SECONDS)
