@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 from referloop import ledger
 from referloop.runtime import Runtime
+from referloop.wallet import service
 from tests.factories import register_member
 
 
@@ -139,6 +140,29 @@ async def test_csv_export_streams_every_row(client, runtime):
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert sorted(int(row["available_change"]) for row in rows) == [1, 2, 3, 4, 5, 6, 7]
     assert {row["status"] for row in rows} == {"completed"}
+
+
+async def test_a_paused_csv_export_holds_no_database_connection(client, runtime):
+    # A client that stops reading suspends the stream between rows; it used to keep a pooled
+    # connection of the write pool checked out meanwhile, and a few such exports drained the pool.
+    m = await register_member(client)
+    await credit(runtime, m.id, 5)
+    await credit(runtime, m.id, 6)
+    rows = service.export_rows(
+        runtime.db.read_sessionmaker,
+        uuid.UUID(m.id),
+        currency=None,
+        types=None,
+        status=None,
+        since=None,
+        until=None,
+    )
+    first = await anext(rows)
+    assert first.available_change in (5, 6)
+    assert runtime.db.read_engine.pool.checkedout() == 0
+    assert runtime.db.engine.pool.checkedout() == 0
+    assert {first.available_change, (await anext(rows)).available_change} == {5, 6}
+    await rows.aclose()
 
 
 async def test_wallet_needs_a_token(client):

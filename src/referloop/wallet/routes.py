@@ -111,26 +111,26 @@ async def export_transactions(
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(CSV_COLUMNS)
-        # The stream outlives the route function (and its request session), so it owns its session.
-        async with rt.db.sessionmaker() as session:
-            async for row in service.export_rows(
-                session,
-                principal.user_id,
-                currency=currency,
-                types=types,
-                status=status,
-                since=since,
-                until=until,
-            ):
-                data = row.model_dump(mode="json")
-                info = get_currency(row.currency)
-                for change in ("pending_change", "available_change", "held_change"):
-                    data[f"{change}_decimal"] = info.major_text(data[change])
-                writer.writerow([data[c] if data[c] is not None else "" for c in CSV_COLUMNS])
-                if buffer.tell() > 64_000:
-                    yield buffer.getvalue()
-                    buffer.seek(0)
-                    buffer.truncate()
+        # The stream outlives the route function (and its request session): it reads through
+        # sessions of its own, from the read pool, one per page.
+        async for row in service.export_rows(
+            rt.db.read_sessionmaker,
+            principal.user_id,
+            currency=currency,
+            types=types,
+            status=status,
+            since=since,
+            until=until,
+        ):
+            data = row.model_dump(mode="json")
+            info = get_currency(row.currency)
+            for change in ("pending_change", "available_change", "held_change"):
+                data[f"{change}_decimal"] = info.major_text(data[change])
+            writer.writerow([data[c] if data[c] is not None else "" for c in CSV_COLUMNS])
+            if buffer.tell() > 64_000:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
         yield buffer.getvalue()
 
     return StreamingResponse(

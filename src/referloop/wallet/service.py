@@ -4,7 +4,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from referloop import ledger
 from referloop.core.errors import NotFound
@@ -108,7 +108,7 @@ async def transaction(
 
 
 async def export_rows(
-    session: AsyncSession,
+    sessions: async_sessionmaker[AsyncSession],
     member_id: uuid.UUID,
     *,
     currency: str | None,
@@ -117,20 +117,23 @@ async def export_rows(
     since: datetime | None,
     until: datetime | None,
 ) -> AsyncIterator[TransactionOut]:
-    """Every matching transaction, page by page, so an export of any size streams in bounded memory."""
+    """Every matching transaction, page by page, so an export of any size streams in bounded memory.
+    Each page has a session of its own, closed before its rows are handed out: a client that reads
+    slowly (or stops) holds no pooled connection while the stream waits for it."""
     cursor: str | None = None
     while True:
-        rows, cursor = await transactions(
-            session,
-            member_id,
-            currency=currency,
-            types=types,
-            status=status,
-            since=since,
-            until=until,
-            cursor=cursor,
-            limit=CSV_PAGE,
-        )
+        async with sessions() as session:
+            rows, cursor = await transactions(
+                session,
+                member_id,
+                currency=currency,
+                types=types,
+                status=status,
+                since=since,
+                until=until,
+                cursor=cursor,
+                limit=CSV_PAGE,
+            )
         for row in rows:
             yield row
         if cursor is None:
