@@ -15,9 +15,11 @@ from referloop import ledger
 from referloop.referrals.rewards.service import grant
 from referloop.runtime import Runtime
 from tests.conftest import make_settings
+from tests.factories import register_member
 from tests.referrals.helpers import Admin, sql
 from tests.referrals.lifecycle.helpers import (
     assert_ledger_sound,
+    fixed,
     invite,
     lead_email,
     make_catalogue,
@@ -25,6 +27,7 @@ from tests.referrals.lifecycle.helpers import (
     report,
     rewards,
     run_jobs,
+    share_click,
 )
 
 REPORTS = 200
@@ -114,3 +117,30 @@ async def test_200_concurrent_enrolments_against_a_budget_for_50(
     for referral_id in referral_ids[:5]:
         assert len(await rewards(runtime, referral_id)) == 1
     await assert_ledger_sound(runtime)
+
+
+async def test_two_reports_at_once_for_one_click_make_one_referral(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Admin, wide_runtime: Runtime
+) -> None:
+    cat = await make_catalogue(
+        client, admin, rules=[fixed("applied", "referrer", 5_000), fixed("enrolled", "referrer", 100_000)]
+    )
+    referrer = await register_member(client)
+    clicks = [await share_click(client, referrer, cat.program_id) for _ in range(4)]
+
+    # Per click, the application and the enrolment at once, each its own partner item and transaction.
+    results = await asyncio.gather(
+        *(
+            report(wide_runtime, cat.university_id, kind, click_id=click, external_ref=f"{kind}-{click}")
+            for click in clicks
+            for kind in ("application_submitted", "enrolled")
+        )
+    )
+    assert all(r.status in ("applied", "stale") for r in results), results
+    for click in clicks:
+        [made] = await sql(runtime, "SELECT id, state FROM referrals WHERE click_id = :c", c=uuid.UUID(click))
+        assert made["state"] == "enrolled"
+        assert [(w["milestone"], w["role"]) for w in await rewards(runtime, made["id"])] == [
+            ("applied", "referrer"),
+            ("enrolled", "referrer"),
+        ]

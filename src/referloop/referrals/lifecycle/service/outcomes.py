@@ -10,7 +10,8 @@ attribution); the applicant's email (canonical form) or phone, through the blind
 several matches, one of `program_id` (when given) is preferred, then a live one over a closed one,
 then the newest. An expired invitation is never matched. No referral but a valid click of this
 university's program (by a person, within the attribution window) creates a referral from the
-click, credited to the member whose link it was.
+click, credited to the member whose link it was; reports naming one click are serialised on it, so
+two at once make one referral between them.
 
 Idempotent on (university, external_ref, kind): the receipt is written first, in the caller's
 transaction, so a repeated report (even a concurrent one, which waits on the receipt's key) answers
@@ -150,6 +151,16 @@ def parse_click(value: str | None) -> uuid.UUID | None:
         return uuid.UUID(value) if value else None
     except ValueError:
         return None
+
+
+_LOCK_BY_NAME = text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))")
+
+
+async def lock_click(session: AsyncSession, click_id: uuid.UUID) -> None:
+    """Serialise, until the transaction ends, whatever may make or adopt the referral of one click
+    (partner reports naming it, the sign-up it attributed). Not a unique index on `click_id`: a
+    sign-up gives its click to every invitation it takes over, so referrals may share one."""
+    await session.execute(_LOCK_BY_NAME, {"k": f"referrals.click:{click_id}"})
 
 
 async def _find(session: AsyncSession, rt: Runtime, report: OutcomeReport) -> Referral | None:
@@ -379,6 +390,10 @@ async def process_claimed(
     """Match and apply one report whose receipt the caller holds (ORM path, one item at a time)."""
     if not await _program_of_university(session, report):
         return OutcomeResult("not_found", None, None, "no such program at this university")
+    click_id = parse_click(report.click_id)
+    if click_id is not None:
+        # Before the search: two reports of one click must not both find nothing and both make one.
+        await lock_click(session, click_id)
     found = await _find(session, rt, report)
     if found is None:
         made = await _from_click(session, rt, report, ctx, actor)
