@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -25,7 +26,8 @@ from referloop.referrals.lifecycle.service import (
 )
 from referloop.referrals.rewards.service.jobs import JobReport, run_until_idle
 from referloop.runtime import Runtime
-from tests.referrals.helpers import Admin, create_campaign, create_program, create_university, sql
+from tests.factories import Member
+from tests.referrals.helpers import BROWSER_UA, Admin, create_campaign, create_program, create_university, sql
 
 CTX = RequestContext(request_id="test")
 
@@ -149,6 +151,15 @@ async def enrolled(rt: Runtime, cat: Any, referrer: uuid.UUID) -> tuple[uuid.UUI
     result = await report(rt, cat.university_id, "enrolled", email=email)
     assert result.status == "applied", result
     return referral, email
+
+
+async def share_click(client: httpx.AsyncClient, referrer: Member, program_id: uuid.UUID) -> str:
+    """A visitor (a browser) opens the referrer's share link for the program: the click id."""
+    r = await client.get("/v1/referrals/links", params={"limit": 200}, headers=referrer.auth)
+    slug = next(i["slug"] for i in r.json()["items"] if i["program_id"] == str(program_id))
+    r = await client.get(f"/r/{slug}", headers={"User-Agent": BROWSER_UA})
+    assert r.status_code == 302
+    return parse_qs(urlsplit(r.headers["location"]).query)["rl_click"][0]
 
 
 async def run_jobs(rt: Runtime, now: datetime | None = None) -> JobReport:

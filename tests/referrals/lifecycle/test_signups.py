@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -15,9 +14,17 @@ from referloop.referrals.lifecycle.tasks import handle_signup_attributed
 from referloop.referrals.tasks import handle_user_registered
 from referloop.runtime import Runtime
 from referloop.worker import load_task_modules
-from tests.factories import Member, register_member
+from tests.factories import register_member
 from tests.referrals.helpers import Admin, sql
-from tests.referrals.lifecycle.helpers import fixed, make_catalogue, report, rewards, run_jobs, state_of
+from tests.referrals.lifecycle.helpers import (
+    fixed,
+    make_catalogue,
+    report,
+    rewards,
+    run_jobs,
+    share_click,
+    state_of,
+)
 
 
 async def outbox_payloads(rt: Runtime, topic: str, key: str, value: str) -> list[dict[str, Any]]:
@@ -42,16 +49,6 @@ async def deliver_signup(rt: Runtime, referee_id: str) -> None:
         for _ in range(2):
             async with rt.db.sessionmaker() as session, session.begin():
                 await handle_signup_attributed(session, rt, uuid7(), attributed)
-
-
-async def share_click(client: httpx.AsyncClient, referrer: Member, program_id: uuid.UUID) -> str:
-    r = await client.get("/v1/referrals/links", params={"limit": 200}, headers=referrer.auth)
-    slug = next(i["slug"] for i in r.json()["items"] if i["program_id"] == str(program_id))
-    r = await client.get(
-        f"/r/{slug}", headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"}
-    )
-    assert r.status_code == 302
-    return parse_qs(urlsplit(r.headers["location"]).query)["rl_click"][0]
 
 
 def test_the_worker_runs_the_signup_consumers() -> None:
@@ -150,3 +147,72 @@ async def test_a_code_sign_up_gets_its_program_from_the_partners_report(
         ("signed_up", "referee", "pending"),
     ]
     assert await state_of(runtime, hit.referral_id) == "enrolled"
+
+
+async def test_an_applicant_the_partner_reported_from_a_click_who_then_signs_up_stays_one_referral(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Admin
+) -> None:
+    cat = await make_catalogue(
+        client, admin, rules=[fixed("applied", "referrer", 5_000), fixed("enrolled", "referrer", 100_000)]
+    )
+    referrer = await register_member(client)
+    click_id = await share_click(client, referrer, cat.program_id)
+    applied = await report(runtime, cat.university_id, "application_submitted", click_id=click_id)
+    assert (applied.status, applied.state) == ("applied", "applied")
+
+    # The applicant registers in the same browser (the link's cookie), then enrols.
+    client.cookies.set(runtime.settings.click_cookie_name, click_id)
+    try:
+        referee = await register_member(client, display_name="Meera Nair")
+    finally:
+        client.cookies.clear()
+    await deliver_signup(runtime, referee.id)
+    done = await report(runtime, cat.university_id, "enrolled", click_id=click_id)
+    assert (done.status, done.state, done.referral_id) == ("applied", "enrolled", applied.referral_id)
+    await run_jobs(runtime)
+
+    listed = (await client.get("/v1/referrals", headers=referrer.auth)).json()["items"]
+    assert [(i["id"], i["state"], i["referee"]) for i in listed] == [
+        (str(applied.referral_id), "enrolled", {"name": "Meera N.", "registered": True})
+    ]
+    assert [
+        (w["milestone"], w["role"], w["status"]) for w in await rewards(runtime, applied.referral_id)
+    ] == [
+        ("applied", "referrer", "pending"),
+        ("enrolled", "referrer", "pending"),
+    ]
+    detail = (await client.get(f"/v1/referrals/{applied.referral_id}", headers=referrer.auth)).json()
+    assert [t["to_state"] for t in detail["timeline"]] == ["invited", "applied", "applied", "enrolled"]
+
+
+async def test_an_invitation_the_partner_moved_to_applied_is_taken_over_by_the_sign_up(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Admin
+) -> None:
+    cat = await make_catalogue(
+        client, admin, rules=[fixed("applied", "referrer", 5_000), fixed("enrolled", "referrer", 100_000)]
+    )
+    referrer = await register_member(client)
+    email = f"{uuid.uuid4().hex[:10]}@example.com"
+    r = await client.post(
+        "/v1/referrals",
+        json={"program_id": str(cat.program_id), "name": "Meera Nair", "email": email},
+        headers={**referrer.auth, "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert r.status_code == 201, r.text
+    invited = r.json()["id"]
+    assert (await report(runtime, cat.university_id, "application_submitted", email=email)).state == "applied"
+
+    click_id = await share_click(client, referrer, cat.program_id)
+    referee = await register_member(client, email=email, click_id=click_id)
+    await deliver_signup(runtime, referee.id)
+    done = await report(runtime, cat.university_id, "enrolled", email=email)
+    assert (done.state, str(done.referral_id)) == ("enrolled", invited)
+    await run_jobs(runtime)
+
+    rows = await sql(
+        runtime, "SELECT id, state, referee_id FROM referrals WHERE member_id = :m", m=referrer.id
+    )
+    assert [(str(x["id"]), x["state"], str(x["referee_id"])) for x in rows] == [
+        (invited, "enrolled", referee.id)
+    ]
+    assert [w["milestone"] for w in await rewards(runtime, done.referral_id)] == ["applied", "enrolled"]

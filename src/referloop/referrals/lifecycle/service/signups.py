@@ -1,9 +1,12 @@
 """An attributed sign-up (`referrals.signup_attributed`) becomes a referral in state signed_up.
 
-The referrer's invitations of this person (matched by the blind index of their canonical email or
-of their phone) move from invited to signed_up and get the new member as referee. If none of them
-is for the program the sign-up came through (or the sign-up came through a plain code and matched
-no invitation), a referral is created in signed_up. Invitations of the same person by other members
+The referrer's referrals of this person that have no referee yet get the new member as referee:
+their invitations (matched by the blind index of their canonical email or of their phone) and the
+referral a partner's report made from the sign-up's click. An invitation still invited moves to
+signed_up; one the partner has already moved further (applied, enrolled, rewarded; a live one)
+keeps its state, with the sign-up noted in its history (no milestone is queued again). If none of
+them is for the program the sign-up came through (or the sign-up came through a plain code and
+matched none), a referral is created in signed_up. Invitations of the same person by other members
 stay as they are and expire: the attribution (last click wins) decided the referrer.
 
 Idempotent: the consumer framework handles an event once, and a replay finds the referrals this
@@ -15,7 +18,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.core.db import utcnow
@@ -24,8 +27,22 @@ from referloop.identity.service.accounts import get_user
 from referloop.referrals.lifecycle.models import Referral, ReferralSource, ReferralState
 from referloop.referrals.lifecycle.service import states
 from referloop.referrals.lifecycle.service.leads import email_index, masked_name, phone_index
+from referloop.referrals.lifecycle.service.outcomes import lock_click
 from referloop.referrals.service.catalogue import get_program
 from referloop.runtime import Runtime
+
+_LIVE = [
+    s.value
+    for s in (ReferralState.invited, ReferralState.applied, ReferralState.enrolled, ReferralState.rewarded)
+]
+
+
+def _underlying_in(values: list[str]) -> ColumnElement[bool]:
+    """The state, or under a fraud hold the state it keeps, is one of `values`."""
+    return or_(
+        Referral.state.in_(values),
+        and_(Referral.state == ReferralState.fraud_hold.value, Referral.held_from_state.in_(values)),
+    )
 
 
 def _uuid(value: Any) -> uuid.UUID | None:
@@ -71,42 +88,50 @@ async def on_signup_attributed(
         for c in (Referral.email_index == ei if ei else None, Referral.phone_index == pi if pi else None)
         if c is not None
     ]
+    theirs = []
     if same_person:
-        invited = list(
+        theirs.append(and_(or_(*same_person), _underlying_in(_LIVE)))
+    if click_id is not None:
+        # A partner may have reported this click's application already (a referral with no referee):
+        # the one lock a report naming this click takes too, so the two never make one each.
+        await lock_click(session, click_id)
+        theirs.append(and_(Referral.click_id == click_id, Referral.state != ReferralState.expired.value))
+    if theirs:
+        taken = list(
             await session.scalars(
                 select(Referral)
-                .where(
-                    Referral.member_id == referrer_id,
-                    Referral.referee_id.is_(None),
-                    or_(
-                        Referral.state == ReferralState.invited.value,
-                        and_(
-                            Referral.state == ReferralState.fraud_hold.value,
-                            Referral.held_from_state == ReferralState.invited.value,
-                        ),
-                    ),
-                    or_(*same_person),
-                )
+                .where(Referral.member_id == referrer_id, Referral.referee_id.is_(None), or_(*theirs))
                 .order_by(Referral.id)
                 .with_for_update()
             )
         )
-        for referral in invited:
+        for referral in taken:
             referral.referee_id = referee.id
             referral.attribution_id = attribution_id
             referral.click_id = click_id or referral.click_id
             referral.email_index = referral.email_index or ei
             referral.phone_index = referral.phone_index or pi
-            await states.transition(
-                session,
-                referral,
-                ReferralState.signed_up,
-                actor=states.SYSTEM,
-                reason=f"signed up through {via}",
-                at=at,
-            )
+            if referral.source == ReferralSource.click.value:  # made from a report: "An applicant"
+                referral.referee_label = masked_name(referee.display_name)
+                referral.locale = referee.locale
+            if states.underlying_state(referral) is ReferralState.invited:
+                await states.transition(
+                    session,
+                    referral,
+                    ReferralState.signed_up,
+                    actor=states.SYSTEM,
+                    reason=f"signed up through {via}",
+                    at=at,
+                )
+            else:
+                # Further along already (the partner reported the application first): never moved
+                # back, and no milestone queued again; the history notes the sign-up.
+                await session.flush()
+                await states.note(
+                    session, referral, actor=states.SYSTEM, reason=f"signed up through {via}", at=at
+                )
             done.append(referral.id)
-        covered |= {r.program_id for r in invited}
+        covered |= {r.program_id for r in taken}
 
     if (program_id is not None and program_id not in covered) or (program_id is None and not done):
         university_id = None
