@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
 import httpx
 import pytest
 
+from referloop.referrals.service import codes
 from referloop.runtime import Runtime
 from tests.factories import register_member
 from tests.referrals.helpers import BROWSER_UA, Admin, create_program, create_university, sql, uniq
@@ -169,3 +173,29 @@ async def test_admin_revokes_a_vanity_code(
         "/v1/staff/vanity-codes/nosuchcode1/revoke", json={"reason": "x"}, headers=admin.auth
     )
     assert r.status_code == 404
+
+
+async def test_a_deleted_members_vanity_code_answers_as_unknown(
+    client: httpx.AsyncClient, program: dict, runtime: Runtime
+):
+    member = await register_member(client)
+    code = f"gone{uniq()[:8]}"
+    assert (
+        await client.put("/v1/referrals/vanity-code", json={"code": code}, headers=member.auth)
+    ).status_code == 200
+    slug = f"{code}-{program['short_code']}"
+    r = await client.get(f"/r/{slug}", headers={"User-Agent": BROWSER_UA})
+    assert "rl_click=" in r.headers["location"]  # cached as the member's
+
+    # The account is closed; the deletion flow drops the cached codes of the member.
+    await sql(runtime, "UPDATE users SET deleted_at = now() WHERE id = :m RETURNING id", m=member.id)
+    async with runtime.db.sessionmaker() as session:
+        await codes.forget_member_codes(session, runtime, uuid.UUID(member.id))
+        assert await codes.resolve_code(session, code) is None
+
+    for _ in range(2):  # from the database, then from the (negative) cache entry
+        r = await client.get(f"/r/{slug}", headers={"User-Agent": BROWSER_UA})
+        assert r.status_code == 302
+        params = parse_qs(urlsplit(r.headers["location"]).query)
+        assert "ref" not in params and "rl_click" not in params
+        assert "set-cookie" not in r.headers

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache as memoize
 from importlib.resources import files
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,9 +32,11 @@ from referloop.referrals.service import cache
 from referloop.referrals.service.campaigns import link_windows
 from referloop.referrals.service.catalogue import visible_programs
 from referloop.referrals.service.members import (
+    is_live_member,
     member_facts,
     member_id_by_referral_code,
     members_by_referral_codes,
+    referral_code_of,
 )
 from referloop.runtime import Runtime
 
@@ -59,16 +61,20 @@ class ResolvedCode:
     code: str  # as the member shares it
 
 
+def _resolving() -> tuple[ColumnElement[bool], ...]:
+    """The vanity codes that still resolve: not revoked, and their member's account not deleted (as
+    for member codes), so a closed account's link never sets the click cookie."""
+    return (VanityCode.status != VanityStatus.revoked.value, is_live_member(VanityCode.member_id))
+
+
 async def resolve_code(session: AsyncSession, code: str) -> ResolvedCode | None:
     """Whose code this is. Member referral codes first, then vanity codes (active or replaced: old
-    links keep working; a revoked one belongs to no one)."""
+    links keep working; a revoked one, or one of a deleted account, belongs to no one)."""
     key = code_key(code)
     member_id = await member_id_by_referral_code(session, key)
     if member_id is not None:
         return ResolvedCode(member_id, key)
-    row = await session.scalar(
-        select(VanityCode).where(VanityCode.code_key == key, VanityCode.status != VanityStatus.revoked.value)
-    )
+    row = await session.scalar(select(VanityCode).where(VanityCode.code_key == key, *_resolving()))
     return ResolvedCode(row.member_id, row.code) if row is not None else None
 
 
@@ -81,7 +87,7 @@ async def resolve_codes(session: AsyncSession, codes: Iterable[str]) -> dict[str
     for row in (
         await session.execute(
             select(VanityCode.code_key, VanityCode.member_id, VanityCode.code).where(
-                VanityCode.code_key.in_(keys), VanityCode.status != VanityStatus.revoked.value
+                VanityCode.code_key.in_(keys), *_resolving()
             )
         )
     ).all():
@@ -178,6 +184,17 @@ async def revoke_vanity_code(
         )
     await cache.invalidate_codes(rt, key)
     return row
+
+
+async def forget_member_codes(session: AsyncSession, rt: Runtime, member_id: uuid.UUID) -> None:
+    """For the account-deletion flow, once the account is marked deleted: drop the link cache of
+    every code of the member (their referral code and each vanity code), so that their links stop
+    crediting them at once rather than when the cached entries expire."""
+    keys = list(await session.scalars(select(VanityCode.code_key).where(VanityCode.member_id == member_id)))
+    referral_code = await referral_code_of(session, member_id)
+    if referral_code is not None:
+        keys.append(referral_code)
+    await cache.invalidate_codes(rt, *keys)
 
 
 # -- devices --------------------------------------------------------------------------------------

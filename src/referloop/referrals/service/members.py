@@ -1,16 +1,17 @@
 """What referrals needs to know about members, read through identity's service where it has one.
 
-`member_id_by_referral_code` and `members_by_referral_codes` read identity's `users` table directly
-because identity has no service function for them yet; they are the only such reads in this package
-(move them to identity when it has one)."""
+`member_id_by_referral_code`, `members_by_referral_codes`, `referral_code_of` and `is_live_member`
+read identity's `users` table directly because identity has no service function for them yet; they
+are the only such reads in this package (move them to identity when it has one)."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from referloop.identity.models import User
 from referloop.identity.service.accounts import get_user
@@ -65,6 +66,17 @@ async def members_by_referral_codes(session: AsyncSession, code_keys: set[str]) 
         )
     )
     return {code: member_id for code, member_id in rows.all()}
+
+
+async def referral_code_of(session: AsyncSession, member_id: uuid.UUID) -> str | None:
+    """The member's referral code, even once the account is deleted."""
+    code: str | None = await session.scalar(select(User.referral_code).where(User.id == member_id))
+    return code
+
+
+def is_live_member(member_id: InstrumentedAttribute[uuid.UUID]) -> ColumnElement[bool]:
+    """A condition for queries of other tables: `member_id` is a member whose account is not deleted."""
+    return exists().where(User.id == member_id, User.deleted_at.is_(None))
 
 
 def canonical_email(email: str) -> str:
