@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
+from referloop.referrals.service import catalogue
 from referloop.runtime import Runtime
 from tests.factories import register_member
 from tests.referrals.helpers import Admin, audit_actions, create_program, create_university, sql, uniq
@@ -229,3 +231,40 @@ async def test_program_input_is_validated(client: httpx.AsyncClient, admin: Admi
     ):
         r = await client.post("/v1/staff/programs", headers=admin.auth, json={**base, **bad})
         assert r.status_code == 422, (bad, r.text)
+
+
+async def test_a_slug_taken_between_check_and_update_answers_409_like_create(
+    client: httpx.AsyncClient, admin: Admin, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+):
+    uni, other = await create_university(client, admin), await create_university(client, admin)
+    program, sibling = (
+        await create_program(client, admin, uni["id"]),
+        await create_program(client, admin, uni["id"]),
+    )
+    created = await client.post(
+        "/v1/staff/universities",
+        headers=admin.auth,
+        json={"name": "Again", "slug": uni["slug"], "country": "IN"},
+    )
+    assert created.status_code == 409
+
+    # The pre-check passes, as it does for the loser of two edits racing for one slug.
+    async def free(*args: object, **kwargs: object) -> None:
+        return None
+
+    monkeypatch.setattr(catalogue, "_university_slug_free", free)
+    monkeypatch.setattr(catalogue, "_program_slug_free", free)
+    r = await client.patch(
+        f"/v1/staff/universities/{other['id']}", headers=admin.auth, json={"slug": uni["slug"]}
+    )
+    assert r.status_code == 409 and r.headers["content-type"].startswith("application/problem+json")
+    assert (r.json()["type"], r.json()["code"]) == (created.json()["type"], "slug_taken")
+    r = await client.patch(
+        f"/v1/staff/programs/{sibling['id']}", headers=admin.auth, json={"slug": program["slug"]}
+    )
+    assert r.status_code == 409 and r.json()["code"] == "slug_taken"
+    rows = await sql(runtime, "SELECT slug FROM programs WHERE id = :p", p=sibling["id"])
+    assert rows == [{"slug": sibling["slug"]}]
+    assert await sql(runtime, "SELECT slug FROM universities WHERE id = :u", u=other["id"]) == [
+        {"slug": other["slug"]}
+    ]

@@ -142,7 +142,13 @@ async def update_university(
     if "name" in changes:
         for program in programs:
             program.search_text = _search_text(program.name, university.name)
-    await session.flush()
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        if _is_unique_violation(exc, "uq_universities_slug_live"):  # taken between check and update
+            raise SlugTaken(f"Another university already uses the slug {changes['slug']!r}.") from exc
+        raise
     await audit.record(
         session,
         action="referrals.university_updated",
@@ -290,7 +296,15 @@ async def update_program(
             continue  # required fields cannot be cleared
         setattr(program, field, sorted(set(value)) if field == "intakes" else value)
     program.search_text = _search_text(program.name, university.name)
-    await session.flush()
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        if _is_unique_violation(exc, "uq_programs_university_slug_live"):  # taken between check and update
+            raise SlugTaken(
+                f"This university already has a program with the slug {changes['slug']!r}."
+            ) from exc
+        raise
     await audit.record(
         session,
         action="referrals.program_updated",
