@@ -130,6 +130,29 @@ async def test_state_machine_walks_the_allowed_path(
     ]
 
 
+async def test_a_retried_state_change_answers_the_first_result(
+    client: httpx.AsyncClient, admin: Admin, program: dict, runtime: Runtime
+):
+    campaign = await create_campaign(client, admin, [program["id"]], activate=False)
+    url = f"/v1/staff/campaigns/{campaign['id']}/state"
+    headers = admin.auth  # one Idempotency-Key for both tries
+    first = await client.post(url, json={"state": "active"}, headers=headers)
+    again = await client.post(url, json={"state": "active"}, headers=headers)
+    assert (first.status_code, again.status_code) == (200, 200), again.text
+    assert again.json() == first.json() and first.json()["state"] == "active"
+    assert await audit_actions(runtime, campaign["id"]) == [
+        "referrals.campaign_created",
+        "referrals.campaign_state_changed",
+    ]
+    # The same key for another move is refused; a move without a key is refused; neither moves it.
+    r = await client.post(url, json={"state": "paused"}, headers=headers)
+    assert r.status_code == 422
+    r = await client.post(url, json={"state": "paused"}, headers={"Authorization": headers["Authorization"]})
+    assert r.status_code == 422
+    after = (await client.get(f"/v1/staff/campaigns/{campaign['id']}", headers=admin.auth)).json()
+    assert after["state"] == "active"
+
+
 async def test_illegal_transition_answers_409_naming_allowed_and_changes_nothing(
     client: httpx.AsyncClient, admin: Admin, program: dict, runtime: Runtime
 ):

@@ -55,8 +55,8 @@ async def _idempotent(
     body: BaseModel,
     handler: Callable[[], Awaitable[tuple[int, BaseModel]]],
 ) -> JSONResponse:
-    """A retried create (same Idempotency-Key and body) answers the first result instead of a 409 or
-    a second campaign."""
+    """A retried create or move (same Idempotency-Key and body) answers the first result instead of a
+    409 or a second row."""
     return await run_idempotent(
         session,
         scope=member_scope(name, actor.user_id),
@@ -293,15 +293,23 @@ async def update_campaign(
 async def change_campaign_state(
     campaign_id: uuid.UUID,
     body: CampaignStateChange,
+    request: Request,
     actor: AdminStaff,
     session: WriteSession,
     rt: RuntimeDep,
     ctx: ContextDep,
-) -> CampaignOut:
+    idempotency_key: IdempotencyKey,
+) -> JSONResponse:
     """draft -> active | ended; active -> paused | ended; paused -> active | ended; ended is final.
-    Anything else answers 409 with `allowed` listing the states it may move to."""
-    return campaign_out(
-        *await campaigns.transition_campaign(session, rt, actor, campaign_id, body.state, ctx)
+    Anything else answers 409 with `allowed` listing the states it may move to. A retry with the same
+    Idempotency-Key and body answers the first result (not a 409 for the move already made)."""
+
+    async def handler() -> tuple[int, CampaignOut]:
+        moved = await campaigns.transition_campaign(session, rt, actor, campaign_id, body.state, ctx)
+        return 200, campaign_out(*moved)
+
+    return await _idempotent(
+        session, request, actor, "referrals.campaign_state", idempotency_key, body, handler
     )
 
 
