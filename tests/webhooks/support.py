@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from referloop.core.outbox.consumers import handle_once, registry
+from referloop.core.outbox.models import OutboxEvent
 from referloop.runtime import Runtime
 from referloop.webhooks import tasks as webhook_tasks
 from referloop.webhooks.service.deliveries import deliver_due
@@ -39,6 +42,7 @@ class Receiver:
     _server: LoopbackServer | None = None
     url: str = ""
     hold_seconds: float = 0.0  # answer this late (a slow receiver)
+    trickle_seconds: float = 0.0  # answer 200 at once, then the body one byte per this many seconds
 
     def fail_next(self, count: int, status: int = 500) -> None:
         with self.lock:
@@ -61,7 +65,16 @@ class Receiver:
             )
         if self.hold_seconds:
             await asyncio.sleep(self.hold_seconds)
+        if self.trickle_seconds:
+            await StreamingResponse(self._trickle(self.trickle_seconds))(scope, receive, send)
+            return
         await PlainTextResponse("ok" if status == 200 else "nope", status_code=status)(scope, receive, send)
+
+    @staticmethod
+    async def _trickle(every: float) -> AsyncIterator[bytes]:
+        for _ in range(600):
+            yield b"."
+            await asyncio.sleep(every)
 
     def start(self) -> str:
         self._server = LoopbackServer(self)
@@ -117,6 +130,26 @@ async def emit(rt: Runtime, topic: str, payload: dict[str, Any]) -> uuid.UUID:
     event_id = uuid.uuid4()
     assert await handle_once(rt, consumer, event_id, payload)
     return event_id
+
+
+async def relay(rt: Runtime, referral_id: str) -> int:
+    """Hand a referral's outbox events (written by the real lifecycle) to the webhook consumers, as
+    the worker would; returns how many."""
+    async with rt.db.sessionmaker() as session:
+        events = list(
+            await session.scalars(
+                select(OutboxEvent)
+                .where(OutboxEvent.payload["referral_id"].astext == referral_id)
+                .order_by(OutboxEvent.id)
+            )
+        )
+    handled = 0
+    for event in events:
+        consumer = registry.get(webhook_tasks.consumer_name(event.topic))
+        if consumer is not None:
+            await handle_once(rt, consumer, event.id, dict(event.payload))
+            handled += 1
+    return handled
 
 
 async def deliver(rt: Runtime, now: datetime | None = None) -> int:

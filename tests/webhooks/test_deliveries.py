@@ -331,6 +331,46 @@ async def test_secret_rotation_signs_with_both_secrets_for_the_overlap(
         Webhook(new).verify(last.body, last.headers)
 
 
+async def test_a_retried_rotation_replays_the_first_answer_and_keeps_the_original_secret(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Admin, university: dict[str, Any], receiver: Receiver
+) -> None:
+    endpoint = await operator_endpoint(client, admin, receiver.url, university["id"])
+    original = endpoint["secret"]
+    path = f"{STAFF}/{endpoint['id']}/rotate-secret"
+    keyed = {**admin.auth, "Idempotency-Key": str(uuid.uuid4())}
+    first = await client.post(path, json={"previous_valid_seconds": 3600}, headers=keyed)
+    assert first.status_code == 200, first.text
+    # The answer was lost; the client retries with the same key and gets the same secret.
+    again = await client.post(path, json={"previous_valid_seconds": 3600}, headers=keyed)
+    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+    new = first.json()["secret"]
+    assert new != original
+    # The stored answer does not hold the secret in plain text.
+    (stored,) = await sql(
+        runtime,
+        "SELECT response_body::text AS body FROM idempotency_keys WHERE key = :k",
+        k=keyed["Idempotency-Key"],
+    )
+    assert new not in stored["body"]
+
+    # During the overlap a message verifies with the original secret and with the new one.
+    await emit(runtime, "referrals.state_changed", referral_event(university["id"]))
+    await deliver(runtime)
+    (got,) = receiver.got()
+    assert len(got.headers["webhook-signature"].split(" ")) == 2
+    Webhook(original).verify(got.body, got.headers)
+    Webhook(new).verify(got.body, got.headers)
+
+    # The key is required; the same key with another body is refused.
+    r = await client.post(
+        path, json={"previous_valid_seconds": 0}, headers={"Authorization": admin.auth["Authorization"]}
+    )
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "idempotency-key"
+    r = await client.post(path, json={"previous_valid_seconds": 0}, headers=keyed)
+    assert r.status_code == 422 and r.json()["code"] == "idempotency_key_reused"
+
+
 async def test_deleted_endpoint_gets_nothing_more(
     client: httpx.AsyncClient, runtime: Runtime, admin: Admin, university: dict[str, Any], receiver: Receiver
 ) -> None:

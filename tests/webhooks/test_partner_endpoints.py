@@ -10,8 +10,8 @@ from standardwebhooks import Webhook
 
 from referloop.runtime import Runtime
 from tests.referrals.helpers import Admin, sql
-from tests.referrals.partner.helpers import make_partner
-from tests.webhooks.support import Receiver, deliver, emit, referral_event
+from tests.referrals.partner.helpers import invite, make_partner, new_member, outcome
+from tests.webhooks.support import Receiver, deliver, emit, referral_event, relay
 
 PARTNER = "/partner/v1/webhook-endpoints"
 
@@ -41,7 +41,9 @@ async def test_partner_endpoints_see_and_receive_only_their_university(
         ("GET", f"{PARTNER}/{endpoint['id']}/deliveries", None),
         ("POST", f"{PARTNER}/{endpoint['id']}/rotate-secret", None),
     ):
-        r = await client.request(method, path, json=body, headers=auth(b.key))
+        r = await client.request(
+            method, path, json=body, headers={**auth(b.key), "Idempotency-Key": str(uuid.uuid4())}
+        )
         assert r.status_code == 404, (method, path, r.text)
         assert r.json()["code"] == "webhook_endpoint_not_found"
     r = await client.get(f"{PARTNER}/{endpoint['id']}", headers=auth(a.key))
@@ -118,3 +120,46 @@ async def test_partner_endpoint_input(
         headers=admin.auth,
     )
     assert [e["id"] for e in r.json()["items"]] == [endpoint["id"]]
+
+
+async def test_a_fraud_holds_reason_never_reaches_the_partner(
+    client: httpx.AsyncClient, runtime: Runtime, admin: Admin, receiver: Receiver
+) -> None:
+    partner = await make_partner(client, admin)
+    r = await client.post(PARTNER, json={"url": receiver.url}, headers=auth(partner.key))
+    assert r.status_code == 201, r.text
+    endpoint = r.json()
+    referral = await invite(client, await new_member(client), partner.program_id)
+    r = await client.post(
+        "/partner/v1/outcomes",
+        json={"items": [outcome("application_submitted", referral_id=referral["id"])]},
+        headers=partner.headers(),
+    )
+    assert r.json()["items"][0]["status"] == "applied"
+    suspicion = "Same device and bank account as the referrer " + uuid.uuid4().hex
+    r = await client.post(
+        f"/v1/staff/referrals/{referral['id']}/fraud-hold",
+        json={"reason": suspicion},
+        headers={**admin.auth, "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert r.status_code == 200, r.text
+    r = await client.post(
+        "/partner/v1/outcomes",
+        json={"items": [outcome("enrolled", referral_id=referral["id"])]},
+        headers=partner.headers(),
+    )
+    assert r.status_code == 200, r.text
+
+    assert await relay(runtime, referral["id"]) >= 4
+    await deliver(runtime)
+    messages = [Webhook(endpoint["secret"]).verify(g.body, g.headers) for g in receiver.got()]
+    moves = [(m["data"]["from_state"], m["data"]["to_state"]) for m in messages if "to_state" in m["data"]]
+    assert ("applied", "fraud_hold") in moves and ("applied", "enrolled") in moves
+    assert not any(suspicion in g.body.decode() for g in receiver.got())
+    assert not any("fraud hold" in g.body.decode() for g in receiver.got())  # nor that a move was held
+    assert all("reason" not in m["data"] for m in messages)
+    # Nor in the delivery log the partner reads.
+    r = await client.get(f"{PARTNER}/{endpoint['id']}/deliveries", headers=auth(partner.key))
+    for d in r.json()["items"]:
+        r = await client.get(f"{PARTNER}/{endpoint['id']}/deliveries/{d['id']}", headers=auth(partner.key))
+        assert suspicion not in r.text

@@ -2,7 +2,9 @@
 
 Bodies follow the Standard Webhooks recommendation `{"type", "timestamp", "data"}`. `data` carries
 the ids a partner or operator needs (referral, program, university, campaign, reward) and leaves out
-member ids: a receiver identifies a referral by its id and never learns who the referrer is."""
+member ids: a receiver identifies a referral by its id and never learns who the referrer is. Nor does
+it get a state change's reason: staff write theirs (a fraud hold's suspicion) for staff, and the
+partner API shows no reasons either (a lifecycle event does not say who wrote its reason)."""
 
 from __future__ import annotations
 
@@ -68,7 +70,6 @@ def to_outbound(topic: str, payload: dict[str, Any]) -> OutboundEvent | None:
             **_pick(payload, _REFERRAL_KEYS),
             "from_state": payload.get("from_state"),
             "to_state": payload.get("to_state"),
-            "reason": payload.get("reason"),
         }
     else:
         data = {

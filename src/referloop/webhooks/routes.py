@@ -5,15 +5,24 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from referloop.core.context import RequestContext
 from referloop.core.db import AsyncWriteSession
 from referloop.core.deps import ContextDep, ReadSession, RuntimeDep, WriteSession
 from referloop.core.errors import problem_responses
-from referloop.core.idempotency import KEY_MAX_LENGTH
+from referloop.core.idempotency import (
+    KEY_MAX_LENGTH,
+    REPLAY_HEADER,
+    idempotency_key_header,
+    request_fingerprint,
+    run_idempotent,
+)
 from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from referloop.identity.deps import AdminStaff
 from referloop.identity.service.accounts import get_user
@@ -22,6 +31,7 @@ from referloop.referrals.partner.deps import CurrentPartner, note_call
 from referloop.referrals.partner.secret_once import create_once
 from referloop.referrals.partner.service.keys import PartnerPrincipal
 from referloop.referrals.service.catalogue import get_program, get_university
+from referloop.runtime import Runtime
 from referloop.webhooks import signing
 from referloop.webhooks.models import (
     DeliveryStatus,
@@ -52,6 +62,8 @@ staff_router = APIRouter(
     prefix="/v1/staff/webhook-endpoints", tags=["staff: webhooks"], responses=problem_responses(401, 403)
 )
 
+IdempotencyKey = Annotated[str, Depends(idempotency_key_header)]
+_REPLAY_CONTEXT = "webhooks.rotate_secret.replay"
 Cursor = Annotated[str | None, Query(max_length=300, pattern=r"^[A-Za-z0-9_-]+$")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 OptionalIdempotencyKey = Annotated[
@@ -129,6 +141,50 @@ async def _detail(
 ) -> DeliveryDetail:
     d, m, attempts = await deliveries.get_delivery(session, owner, endpoint_id, delivery_id)
     return delivery_detail(d, m, [AttemptOut.model_validate(a, from_attributes=True) for a in attempts])
+
+
+def _rotation_scope(owner: EndpointOwner) -> str:
+    who = owner.university_id if owner.owner_type is OwnerType.partner else owner.actor_id
+    return f"webhooks.rotate_secret:{who}"
+
+
+async def _rotate_once(
+    session: AsyncWriteSession,
+    rt: Runtime,
+    request: Request,
+    owner: EndpointOwner,
+    endpoint_id: uuid.UUID,
+    body: SecretRotate | None,
+    key: str,
+    ctx: RequestContext,
+) -> JSONResponse:
+    """Rotate once per Idempotency-Key: a retry replays the first answer, new secret included (it is
+    kept encrypted in the idempotency record), instead of rotating again and dropping the secret the
+    receiver still uses."""
+    body = body or SecretRotate()
+
+    async def handler() -> tuple[int, EndpointWithSecret]:
+        rotated = await endpoints.rotate_secret(
+            session, rt, owner, endpoint_id, body.previous_valid_seconds, ctx
+        )
+        return 200, _with_secret(*rotated)
+
+    def kept(answer: dict[str, Any]) -> dict[str, Any]:
+        return {**answer, "secret": rt.cipher.encrypt(answer["secret"], context=_REPLAY_CONTEXT)}
+
+    response = await run_idempotent(
+        session,
+        scope=_rotation_scope(owner),
+        key=key,
+        fingerprint=request_fingerprint(request, body),
+        handler=handler,
+        kept_for_replay=kept,
+    )
+    if response.headers.get(REPLAY_HEADER) is None:
+        return response
+    stored: dict[str, Any] = orjson.loads(bytes(response.body))
+    stored["secret"] = rt.cipher.decrypt(stored["secret"], context=_REPLAY_CONTEXT)
+    return JSONResponse(stored, status_code=response.status_code, headers={REPLAY_HEADER: "true"})
 
 
 # -- partner --------------------------------------------------------------------------------------
@@ -218,17 +274,19 @@ async def partner_delete_endpoint(
 )
 async def partner_rotate_secret(
     endpoint_id: uuid.UUID,
+    request: Request,
     partner: CurrentPartner,
     session: WriteSession,
     rt: RuntimeDep,
     ctx: ContextDep,
+    idempotency_key: IdempotencyKey,
     body: SecretRotate | None = None,
-) -> EndpointWithSecret:
-    """A new secret (shown only now). For `previous_valid_seconds` messages carry two signatures,
-    one per secret, so you can switch without missing a message."""
-    seconds = (body or SecretRotate()).previous_valid_seconds
-    return _with_secret(
-        *await endpoints.rotate_secret(session, rt, partner_owner(partner), endpoint_id, seconds, ctx)
+) -> JSONResponse:
+    """A new secret (shown only now, and to a retry with the same Idempotency-Key). For
+    `previous_valid_seconds` messages carry two signatures, one per secret, so you can switch without
+    missing a message."""
+    return await _rotate_once(
+        session, rt, request, partner_owner(partner), endpoint_id, body, idempotency_key, ctx
     )
 
 
@@ -380,15 +438,16 @@ async def staff_delete_endpoint(
 )
 async def staff_rotate_secret(
     endpoint_id: uuid.UUID,
+    request: Request,
     actor: AdminStaff,
     session: WriteSession,
     rt: RuntimeDep,
     ctx: ContextDep,
+    idempotency_key: IdempotencyKey,
     body: SecretRotate | None = None,
-) -> EndpointWithSecret:
+) -> JSONResponse:
     owner = EndpointOwner(OwnerType.operator, actor.user_id, None, None)
-    seconds = (body or SecretRotate()).previous_valid_seconds
-    return _with_secret(*await endpoints.rotate_secret(session, rt, owner, endpoint_id, seconds, ctx))
+    return await _rotate_once(session, rt, request, owner, endpoint_id, body, idempotency_key, ctx)
 
 
 @staff_router.get(

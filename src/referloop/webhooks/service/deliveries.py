@@ -4,13 +4,19 @@ Fan-out: each outbox event we send becomes one message (its id is the event's id
 matching endpoint, in the consumer's transaction (the inbox makes that happen once).
 
 Sending (`deliver_due`, run by the worker's periodic job) happens outside any open transaction:
-1. claim due deliveries with `FOR UPDATE SKIP LOCKED` and push their `next_attempt_at` one lease ahead,
-   then commit: another worker skips them, and if this one dies they become due again after the lease
-   (at-least-once, which receivers absorb with the `webhook-id`);
-2. send them concurrently with httpx (bounded timeout, no redirects, a bounded read of the answer);
-3. in one transaction, log every attempt and schedule what failed: exponential backoff with jitter
-   until the delivery's retry window ends, then `failed`. An endpoint that has had only failures for
-   `webhook_disable_after_seconds` is disabled and its owner emailed.
+1. claim due deliveries with `FOR UPDATE SKIP LOCKED` and push their `next_attempt_at` to the lease's
+   end, then commit: another worker skips them, and if this one dies they become due again after the
+   lease (at-least-once, which receivers absorb with the `webhook-id`). The lease covers every
+   attempt of the batch: each has a hard deadline (`webhook_timeout_seconds` for the whole request,
+   answer included), and an attempt that could no longer finish inside the lease is not started;
+2. send them concurrently with httpx (no redirects, a bounded read of the answer, and only to public
+   addresses in production: see `egress`);
+3. as soon as one attempt ends, log it and schedule the delivery in its own transaction: success, or
+   exponential backoff with jitter until the delivery's retry window ends, then `failed`. The lease
+   value the claim wrote is the proof of ownership: when it has changed (the lease ran out and
+   another worker claimed the delivery, a manual redelivery, a deleted endpoint), the result is stale
+   and changes nothing. An endpoint that has had only failures for `webhook_disable_after_seconds`
+   is disabled and its owner emailed.
 
 Scheduling takes `now` as a parameter so tests can move the clock instead of sleeping; the
 `webhook-timestamp` header is always the real time (receivers check it against theirs)."""
@@ -51,6 +57,7 @@ from referloop.webhooks.models import (
     WebhookEndpoint,
     WebhookMessage,
 )
+from referloop.webhooks.service import egress
 from referloop.webhooks.service.endpoints import EndpointOwner, get_endpoint, signing_secrets
 
 log = structlog.get_logger(__name__)
@@ -59,6 +66,7 @@ USER_AGENT = "Referloop-Webhooks/1.0"
 DISABLED_TEMPLATE = "webhook_endpoint_disabled"
 _EXCERPT_BYTES = 1000
 _ERROR_CHARS = 500
+_LEASE_MARGIN_SECONDS = 60.0
 
 
 # -- fan-out --------------------------------------------------------------------------------------
@@ -146,6 +154,7 @@ class _Job:
     attempts: int
     window_started_at: datetime
     manual: bool
+    lease: datetime  # the `next_attempt_at` the claim wrote: whoever still sees it owns the delivery
 
 
 @dataclass(frozen=True)
@@ -162,9 +171,16 @@ class _Outcome:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+def lease_seconds(settings: Settings, jobs: int) -> float:
+    """How long a claim of `jobs` deliveries holds them: every wave of `webhook_delivery_concurrency`
+    attempts within its deadline, with a margin for recording the results."""
+    waves = -(-jobs // settings.webhook_delivery_concurrency)
+    return waves * settings.webhook_timeout_seconds + _LEASE_MARGIN_SECONDS
+
+
 async def _claim(rt: Runtime, now: datetime, limit: int) -> list[_Job]:
     settings = rt.settings
-    lease_until = now + timedelta(seconds=settings.webhook_timeout_seconds + 60)
+    lease_until = now + timedelta(seconds=lease_seconds(settings, limit))
     async with rt.db.sessionmaker() as session, session.begin():
         due = (
             select(WebhookDelivery.id)
@@ -208,20 +224,21 @@ async def _claim(rt: Runtime, now: datetime, limit: int) -> list[_Job]:
                 attempts=delivery.attempts,
                 window_started_at=delivery.window_started_at,
                 manual=delivery.manual_pending,
+                lease=lease_until,
             )
             for delivery, endpoint, message in rows
         ]
 
 
 def _describe(exc: Exception, settings: Settings) -> str:
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
         return f"Timed out after {settings.webhook_timeout_seconds:g} s ({type(exc).__name__})."
     if isinstance(exc, httpx.ConnectError):
         return f"Could not connect: {exc}"[:_ERROR_CHARS]
     return f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
 
 
-async def _send(client: httpx.AsyncClient, job: _Job, now: datetime, settings: Settings) -> _Outcome:
+async def _send(client: httpx.AsyncClient, job: _Job, at: datetime, settings: Settings) -> _Outcome:
     headers = {
         "content-type": "application/json",
         "user-agent": USER_AGENT,
@@ -231,78 +248,88 @@ async def _send(client: httpx.AsyncClient, job: _Job, now: datetime, settings: S
     status_code: int | None = None
     error: str | None = None
     excerpt: str | None = None
+    chunks = bytearray()
     try:
-        async with client.stream("POST", job.url, content=job.body, headers=headers) as response:
+        # One deadline for the whole exchange: httpx's timeouts are per connect, read and write, so
+        # a receiver that trickles its answer a byte at a time would otherwise hold us for hours.
+        async with (
+            asyncio.timeout(settings.webhook_timeout_seconds),
+            client.stream("POST", job.url, content=job.body, headers=headers) as response,
+        ):
             status_code = response.status_code
-            # Read a bounded excerpt for the delivery log; a huge answer is not our problem.
-            chunks = bytearray()
-            async for chunk in response.aiter_bytes():
-                chunks.extend(chunk)
-                if len(chunks) >= _EXCERPT_BYTES:
-                    break
-            excerpt = bytes(chunks[:_EXCERPT_BYTES]).decode("utf-8", "replace") or None
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}"
                 if 300 <= status_code < 400:
                     error += " (redirects are not followed; register the final URL)"
+            # The status is the receiver's answer; the body is read (bounded, best effort) only for
+            # the delivery log.
+            async for chunk in response.aiter_bytes():
+                chunks.extend(chunk)
+                if len(chunks) >= _EXCERPT_BYTES:
+                    break
     except Exception as exc:
-        error = _describe(exc, settings)
+        if status_code is None:
+            error = _describe(exc, settings)
     latency_ms = round((time.perf_counter() - started) * 1000)
-    if excerpt is not None:
-        excerpt = excerpt.replace("\x00", "")
-    return _Outcome(job, now, status_code, latency_ms, error, excerpt)
+    if chunks:
+        excerpt = bytes(chunks[:_EXCERPT_BYTES]).decode("utf-8", "replace").replace("\x00", "") or None
+    return _Outcome(job, at, status_code, latency_ms, error, excerpt)
 
 
-async def _record(rt: Runtime, outcomes: list[_Outcome], now: datetime) -> None:
+async def _record(rt: Runtime, o: _Outcome, finished_at: datetime) -> bool:
+    """Log one attempt and schedule its delivery; False (and nothing written) when the claim's lease
+    is no longer this worker's."""
     settings = rt.settings
-    window = timedelta(seconds=settings.webhook_retry_window_seconds)
+    attempts = o.job.attempts + 1
+    values: dict[str, Any] = {
+        "attempts": attempts,
+        "last_attempt_at": o.attempted_at,
+        "last_status_code": o.status_code,
+        "last_error": o.error,
+        "manual_pending": False,
+    }
+    if o.ok:
+        values |= {
+            "status": DeliveryStatus.succeeded.value,
+            "succeeded_at": finished_at,
+            "next_attempt_at": None,
+        }
+    else:
+        retry_at = finished_at + timedelta(seconds=retry_delay_seconds(attempts, settings))
+        window = timedelta(seconds=settings.webhook_retry_window_seconds)
+        if retry_at > o.job.window_started_at + window:
+            values |= {"status": DeliveryStatus.failed.value, "next_attempt_at": None}
+        else:
+            values |= {"next_attempt_at": retry_at}
     async with rt.db.sessionmaker() as session, session.begin():
-        await session.execute(
-            insert(WebhookAttempt),
-            [
-                {
-                    "delivery_id": o.job.delivery_id,
-                    "attempted_at": o.attempted_at,
-                    "trigger": (AttemptTrigger.manual if o.job.manual else AttemptTrigger.scheduled).value,
-                    "status_code": o.status_code,
-                    "latency_ms": o.latency_ms,
-                    "error": o.error,
-                    "response_excerpt": o.excerpt,
-                }
-                for o in outcomes
-            ],
-        )
-        for o in outcomes:
-            attempts = o.job.attempts + 1
-            values: dict[str, Any] = {
-                "attempts": attempts,
-                "last_attempt_at": o.attempted_at,
-                "last_status_code": o.status_code,
-                "last_error": o.error,
-                "manual_pending": False,
-            }
-            if o.ok:
-                values |= {
-                    "status": DeliveryStatus.succeeded.value,
-                    "succeeded_at": now,
-                    "next_attempt_at": None,
-                }
-            else:
-                retry_at = now + timedelta(seconds=retry_delay_seconds(attempts, settings))
-                if retry_at > o.job.window_started_at + window:
-                    values |= {"status": DeliveryStatus.failed.value, "next_attempt_at": None}
-                else:
-                    values |= {"next_attempt_at": retry_at}
-            # Only a delivery still pending is ours to settle (a deleted endpoint gave its up).
-            await session.execute(
-                update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.id == o.job.delivery_id,
-                    WebhookDelivery.status == DeliveryStatus.pending.value,
-                )
-                .values(**values)
+        # Still ours only while the row holds the lease the claim wrote: another worker's claim, a
+        # manual redelivery or a deleted endpoint has changed it, and a stale result changes nothing.
+        mine = await session.scalar(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == o.job.delivery_id,
+                WebhookDelivery.status == DeliveryStatus.pending.value,
+                WebhookDelivery.next_attempt_at == o.job.lease,
             )
-        await _endpoint_health(session, rt, outcomes, now)
+            .values(**values)
+            .returning(WebhookDelivery.id)
+        )
+        if mine is None:
+            log.warning("webhook attempt outlived its lease", delivery_id=str(o.job.delivery_id))
+            return False
+        await session.execute(
+            insert(WebhookAttempt).values(
+                delivery_id=o.job.delivery_id,
+                attempted_at=o.attempted_at,
+                trigger=(AttemptTrigger.manual if o.job.manual else AttemptTrigger.scheduled).value,
+                status_code=o.status_code,
+                latency_ms=o.latency_ms,
+                error=o.error,
+                response_excerpt=o.excerpt,
+            )
+        )
+        await _endpoint_health(session, rt, [o], finished_at)
+    return True
 
 
 async def _endpoint_health(
@@ -379,22 +406,43 @@ async def _endpoint_health(
 
 
 async def deliver_due(rt: Runtime, *, now: datetime | None = None, limit: int | None = None) -> int:
-    """Send one batch of due deliveries; returns how many were attempted."""
+    """Send one batch of due deliveries, recording each result as it comes; returns how many were
+    claimed. `now` is the scheduling clock; time spent sending moves it on."""
     settings = rt.settings
     now = now or utcnow()
+    claimed_at = time.monotonic()
     jobs = await _claim(rt, now, limit or settings.webhook_delivery_batch_size)
     if not jobs:
         return 0
+    # Start no attempt that could still be running when the lease ends (the claim's clock and the
+    # lease are in `now`'s terms; the time spent since is measured).
+    last_start = claimed_at + (jobs[0].lease - now).total_seconds() - settings.webhook_timeout_seconds - 10
     gate = asyncio.Semaphore(settings.webhook_delivery_concurrency)
 
-    async def send(job: _Job) -> _Outcome:
-        async with gate:
-            return await _send(client, job, now, settings)
+    def clock() -> datetime:
+        return now + timedelta(seconds=time.monotonic() - claimed_at)
 
-    timeout = httpx.Timeout(settings.webhook_timeout_seconds)
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-        outcomes = await asyncio.gather(*(send(j) for j in jobs))
-    await _record(rt, list(outcomes), now)
+    async def attempt(client: httpx.AsyncClient, job: _Job) -> None:
+        async with gate:
+            if time.monotonic() > last_start:
+                return  # left to the lease's end, when it is due again
+            outcome = await _send(client, job, clock(), settings)
+        try:
+            await _record(rt, outcome, clock())
+        except Exception:  # the others go on; this one is due again when its lease ends
+            log.exception("webhook attempt not recorded", delivery_id=str(job.delivery_id))
+
+    async with (
+        httpx.AsyncClient(
+            transport=egress.GuardedTransport(settings),
+            timeout=httpx.Timeout(settings.webhook_timeout_seconds),  # httpx's own default is 5 s
+            follow_redirects=False,
+            trust_env=False,
+        ) as client,
+        asyncio.TaskGroup() as tasks,
+    ):
+        for job in jobs:
+            tasks.create_task(attempt(client, job))
     return len(jobs)
 
 

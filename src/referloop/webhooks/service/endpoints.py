@@ -3,6 +3,7 @@ endpoints (another's answer 404); staff see all of them. Every change is audited
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import uuid
 from dataclasses import dataclass
@@ -28,8 +29,10 @@ from referloop.webhooks.schemas import (
     OperatorEndpointCreate,
     OperatorEndpointUpdate,
 )
+from referloop.webhooks.service import egress
 
 SECRET_CONTEXT = "webhook_endpoints.secret"  # noqa: S105 - encryption context, not a secret
+_RESOLVE_SECONDS = 5.0
 _FIELDS = ("url", "description", "event_types", "university_id", "program_ids", "owner_email", "disabled_at")
 
 
@@ -48,6 +51,7 @@ class EndpointOwner:
 
 
 def _loopback_host(host: str) -> bool:
+    host = host.removesuffix(".")
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -56,14 +60,16 @@ def _loopback_host(host: str) -> bool:
         return False
 
 
-def check_url(url: str, settings: Settings) -> str:
-    """https only; plain http only to a loopback address, and never in production. In production an
-    address literal in a private, loopback or link-local range is refused too (we would be calling
-    into our own network)."""
+async def check_url(url: str, settings: Settings) -> str:
+    """https only; plain http only to a loopback address, and never in production. An IP address
+    must be written in its standard form (`127.1` or `2130706433` is refused everywhere). In
+    production the host must not be, or resolve to, a private, loopback, link-local or reserved
+    address (we would be calling into our own network). A name that does not resolve yet is accepted:
+    the sender checks the addresses again before every connection (see `egress`)."""
     try:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
-        _ = parts.port  # raises for a port out of range
+        port = parts.port  # raises for a port out of range
     except ValueError as exc:
         raise EndpointUrlRefused("The URL is not valid.") from exc
     if parts.scheme not in ("https", "http") or not host:
@@ -72,19 +78,36 @@ def check_url(url: str, settings: Settings) -> str:
         raise EndpointUrlRefused("Credentials in the URL are not allowed; authenticate with the signature.")
     if parts.fragment:
         raise EndpointUrlRefused("The URL must not have a #fragment.")
+    if ":" in host and not _is_ip(host):
+        raise EndpointUrlRefused("The URL is not valid.")
+    if egress.non_canonical_ip(host):
+        raise EndpointUrlRefused("Write an IP address in its standard dotted form (like 203.0.113.7).")
     production = settings.env is Environment.production
     if parts.scheme == "http" and (production or not _loopback_host(host)):
         raise EndpointUrlRefused("The URL must use https (http only to a loopback address in development).")
-    if production:
-        if _loopback_host(host):
-            raise EndpointUrlRefused("The URL must not point at a loopback address.")
+    if egress.allows_private(settings):
+        return url
+    if _loopback_host(host):
+        raise EndpointUrlRefused("The URL must not point at a loopback address.")
+    if _is_ip(host):
+        addresses = [host]
+    else:
         try:
-            address = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            address = None
-        if address is not None and not address.is_global:
-            raise EndpointUrlRefused("The URL must not point at a private or reserved address.")
+            async with asyncio.timeout(_RESOLVE_SECONDS):
+                addresses = await egress.resolve(host, port or 443)
+        except (OSError, TimeoutError):
+            addresses = []  # not resolvable (yet): the sender's check decides at send time
+    if not all(egress.is_public(a) for a in addresses):
+        raise EndpointUrlRefused("The URL must not point at a private or reserved address.")
     return url
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _scoped(stmt: Select[Any], owner: EndpointOwner) -> Select[Any]:
@@ -140,7 +163,7 @@ async def create_endpoint(
     session: AsyncSession, rt: Runtime, owner: EndpointOwner, data: EndpointCreate, ctx: RequestContext
 ) -> tuple[WebhookEndpoint, str]:
     """Returns the endpoint and its secret (shown once; stored encrypted)."""
-    url = check_url(data.url, rt.settings)
+    url = await check_url(data.url, rt.settings)
     email = data.contact_email or owner.default_email
     if not email:
         raise EndpointUrlRefused("Give a contact_email: who is told when the endpoint gets disabled.")
@@ -209,7 +232,7 @@ async def update_endpoint(
     before = _snapshot(endpoint)
     changes = data.model_dump(exclude_unset=True)
     if changes.get("url") is not None:
-        endpoint.url = check_url(changes["url"], rt.settings)
+        endpoint.url = await check_url(changes["url"], rt.settings)
     if changes.get("description") is not None:
         endpoint.description = changes["description"]
     if changes.get("event_types") is not None:
