@@ -1,3 +1,4 @@
+import asyncio
 import uuid
 
 from referloop.identity.models import Role
@@ -89,7 +90,13 @@ async def test_member_opens_a_dispute_and_support_answers_then_resolves(client, 
             id=dispute["id"],
         )
     ]
-    assert actions == ["dispute.opened", "dispute.assigned", "dispute.replied", "dispute.resolved"]
+    assert actions == [
+        "dispute.opened",
+        "dispute.assigned",
+        "dispute.replied",
+        "dispute.member_replied",
+        "dispute.resolved",
+    ]
 
 
 async def test_member_cannot_see_or_touch_another_members_dispute(client):
@@ -252,3 +259,148 @@ async def test_a_retried_message_or_resolution_happens_once(client, runtime):
     again = await client.post(f"/v1/staff/disputes/{dispute['id']}/resolve", json=body, headers=staff_headers)
     assert done.status_code == again.status_code == 200 and again.json() == done.json()
     assert (await client.get("/v1/wallet", headers=member.auth)).json()["balances"][0]["available"] == 1200
+
+
+async def _fill_thread(runtime, dispute_id: str, member_id: str, count: int) -> None:
+    """`count` earlier member messages, written straight to the table (an hour ago, a second apart)."""
+    await db_rows(
+        runtime,
+        "INSERT INTO dispute_messages (id, dispute_id, member_id, author_id, author_role, body, internal,"
+        " created_at)"
+        " SELECT gen_random_uuid(), :d, :m, :m, 'member', 'earlier message ' || n, false,"
+        " now() - interval '1 hour' + n * interval '1 second' FROM generate_series(1, :count) AS n",
+        d=dispute_id,
+        m=member_id,
+        count=count,
+    )
+
+
+async def test_on_a_long_thread_the_newest_messages_and_the_resolution_are_shown(client, runtime):
+    member = await register_member(client)
+    support = await create_staff(client, runtime, role=Role.support)
+    dispute = await open_dispute(client, member)
+    await _fill_thread(runtime, dispute["id"], member.id, 600)
+    reply = await client.post(
+        f"/v1/staff/disputes/{dispute['id']}/messages",
+        json={"body": "We are looking into it."},
+        headers={**support.auth, **key()},
+    )
+    assert reply.status_code == 201
+    done = await client.post(
+        f"/v1/staff/disputes/{dispute['id']}/resolve",
+        json={"outcome": "rejected", "note": "Resolved after review."},
+        headers={**support.auth, **key()},
+    )
+    assert done.status_code == 200, done.text
+
+    seen = (await client.get(f"/v1/disputes/{dispute['id']}", headers=member.auth)).json()
+    bodies = [m["body"] for m in seen["messages"]]
+    assert len(bodies) == 500
+    assert bodies[-2:] == ["We are looking into it.", "Resolved after review."]
+    # Oldest first within the window; the opening message is the newest member message here.
+    assert bodies[-4:-2] == ["earlier message 600", OTHER["message"]]
+    assert bodies[0] == "earlier message 104"
+    assert seen["messages"][-1]["from_staff"] is True
+    staff_view = (await client.get(f"/v1/staff/disputes/{dispute['id']}", headers=support.auth)).json()
+    assert staff_view["messages"][-1]["body"] == "Resolved after review."
+    assert staff_view["last_message_at"] == staff_view["resolved_at"]
+
+
+async def test_a_member_cannot_write_more_than_200_messages_in_one_dispute(client, runtime):
+    member = await register_member(client)
+    support = await create_staff(client, runtime, role=Role.support)
+    dispute = await open_dispute(client, member)
+    await _fill_thread(runtime, dispute["id"], member.id, 199)  # 200 with the opening message
+    r = await client.post(
+        f"/v1/disputes/{dispute['id']}/messages", json={"body": "One more"}, headers={**member.auth, **key()}
+    )
+    assert r.status_code == 409
+    assert r.json()["code"] == "dispute_thread_full"
+    assert (
+        await db_value(
+            runtime,
+            "SELECT count(*) FROM dispute_messages WHERE body = 'One more' AND dispute_id = :d",
+            d=dispute["id"],
+        )
+        == 0
+    )
+    # Support can still answer and resolve.
+    reply = await client.post(
+        f"/v1/staff/disputes/{dispute['id']}/messages",
+        json={"body": "Answer"},
+        headers={**support.auth, **key()},
+    )
+    assert reply.status_code == 201
+
+
+async def test_the_open_dispute_limit_holds_under_concurrent_requests(client, runtime):
+    member = await register_member(client)
+    for _ in range(19):
+        await open_dispute(client, member)
+    # Warm the connection pool, so that the ten requests below reach the database together.
+    other = await register_member(client)
+    await asyncio.gather(*(open_dispute(client, other) for _ in range(10)))
+    results = await asyncio.gather(
+        *(client.post("/v1/disputes", json=OTHER, headers={**member.auth, **key()}) for _ in range(10))
+    )
+    statuses = sorted(r.status_code for r in results)
+    assert statuses == [201] + [409] * 9, [r.text for r in results]
+    assert {r.json()["code"] for r in results if r.status_code == 409} == {"too_many_open_disputes"}
+    assert (
+        await db_value(
+            runtime, "SELECT count(*) FROM disputes WHERE member_id = :m AND state <> 'resolved'", m=member.id
+        )
+        == 20
+    )
+
+
+async def test_a_member_answering_support_reopens_the_dispute_with_an_audit_row(client, runtime):
+    member = await register_member(client)
+    support = await create_staff(client, runtime, role=Role.support)
+    dispute = await open_dispute(client, member)
+    await client.post(
+        f"/v1/staff/disputes/{dispute['id']}/messages",
+        json={"body": "Which program?"},
+        headers={**support.auth, **key()},
+    )
+    r = await client.post(
+        f"/v1/disputes/{dispute['id']}/messages", json={"body": "MBA."}, headers={**member.auth, **key()}
+    )
+    assert r.status_code == 201
+    # A second message while the dispute is already open changes no state: no second row.
+    r = await client.post(
+        f"/v1/disputes/{dispute['id']}/messages",
+        json={"body": "Spring intake."},
+        headers={**member.auth, **key()},
+    )
+    assert r.status_code == 201
+    rows = await db_rows(
+        runtime,
+        "SELECT actor_id, before, after FROM audit_log WHERE target_id = :id AND action = 'dispute.member_replied'",
+        id=dispute["id"],
+    )
+    assert len(rows) == 1
+    assert str(rows[0]["actor_id"]) == member.id
+    assert rows[0]["before"]["state"] == "awaiting_member" and rows[0]["after"]["state"] == "open"
+    topics = await db_rows(
+        runtime,
+        "SELECT topic FROM outbox_events WHERE topic = 'disputes.member_replied' AND payload->>'dispute_id' = :id",
+        id=dispute["id"],
+    )
+    assert len(topics) == 1
+
+
+async def test_resolving_moves_last_message_at_to_the_resolution_note(client, runtime):
+    member = await register_member(client)
+    support = await create_staff(client, runtime, role=Role.support)
+    dispute = await open_dispute(client, member)
+    done = await client.post(
+        f"/v1/staff/disputes/{dispute['id']}/resolve",
+        json={"outcome": "rejected", "note": "Nothing to change."},
+        headers={**support.auth, **key()},
+    )
+    assert done.status_code == 200
+    seen = (await client.get(f"/v1/disputes/{dispute['id']}", headers=member.auth)).json()
+    assert seen["messages"][-1]["body"] == "Nothing to change."
+    assert seen["last_message_at"] == seen["messages"][-1]["created_at"]
+    assert seen["last_message_at"] > dispute["last_message_at"]

@@ -15,3 +15,8 @@ class SubjectNotFound(AppError):
 class TooManyOpenDisputes(Conflict):
     code = "too_many_open_disputes"
     title = "Too many open disputes"
+
+
+class DisputeThreadFull(Conflict):
+    code = "dispute_thread_full"
+    title = "Too many messages in this dispute"

@@ -112,15 +112,19 @@ async def open_dispute(
     Support answers within 24 hours and resolves within 7 days."""
 
     async def handler() -> tuple[int, DisputeDetail]:
-        dispute, messages = await service.open_dispute(session, principal.user_id, body, ctx)
+        dispute, messages = await service.open_dispute(
+            session, principal.user_id, body, ctx, member_locked=True
+        )
         return 201, _member_detail(dispute, messages)
 
+    # The member's dispute lock is taken in the statement that claims the key: one round trip.
     return await run_idempotent(
         session,
         scope=member_scope("disputes", principal.user_id),
         key=idempotency_key,
         fingerprint=request_fingerprint(request, body),
         handler=handler,
+        lock=service.member_lock_key(principal.user_id),
     )
 
 
@@ -160,7 +164,8 @@ async def add_message(
     ctx: ContextDep,
     idempotency_key: Annotated[str, Depends(idempotency_key_header)],
 ) -> JSONResponse:
-    """Add a message to your dispute; a retry with the same Idempotency-Key posts it once."""
+    """Add a message to your dispute; a retry with the same Idempotency-Key posts it once. A dispute
+    takes up to 200 of your messages (then 409 `dispute_thread_full`)."""
 
     async def handler() -> tuple[int, MessageOut]:
         return 201, _message(

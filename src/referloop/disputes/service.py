@@ -19,7 +19,12 @@ from referloop.core.ids import uuid7
 from referloop.core.outbox import enqueue
 from referloop.core.pagination import paginate_by_id_desc, split_page
 from referloop.disputes import subjects
-from referloop.disputes.errors import DisputeClosed, SubjectNotFound, TooManyOpenDisputes
+from referloop.disputes.errors import (
+    DisputeClosed,
+    DisputeThreadFull,
+    SubjectNotFound,
+    TooManyOpenDisputes,
+)
 from referloop.disputes.models import Dispute, DisputeMessage, DisputeState, Outcome, SubjectType
 from referloop.disputes.schemas import DisputeCreate, Resolve
 from referloop.identity.errors import refuse_own_case
@@ -29,6 +34,16 @@ from referloop.identity.service.sessions import Principal
 FIRST_RESPONSE_SLA = timedelta(hours=24)
 RESOLUTION_SLA = timedelta(days=7)
 MAX_OPEN_PER_MEMBER = 20
+# A dispute shows its newest messages, oldest first. Members may write this many messages in one
+# dispute (staff are never refused), so in practice a thread is shown whole.
+MESSAGES_SHOWN = 500
+MAX_MEMBER_MESSAGES = 200
+
+
+def member_lock_key(member_id: uuid.UUID) -> str:
+    """The advisory lock (by name) that serialises one member's new disputes, so that requests at
+    once cannot all pass the open-dispute limit."""
+    return f"disputes:{member_id}"
 
 
 def _snapshot(d: Dispute) -> dict[str, object]:
@@ -40,8 +55,19 @@ def _snapshot(d: Dispute) -> dict[str, object]:
 
 
 async def open_dispute(
-    session: AsyncSession, member_id: uuid.UUID, data: DisputeCreate, ctx: RequestContext
+    session: AsyncSession,
+    member_id: uuid.UUID,
+    data: DisputeCreate,
+    ctx: RequestContext,
+    *,
+    member_locked: bool = False,
 ) -> tuple[Dispute, list[DisputeMessage]]:
+    """`member_locked`: the caller already holds `member_lock_key(member_id)` (POST /v1/disputes
+    takes it in the statement that claims its Idempotency-Key)."""
+    if not member_locked:
+        await session.execute(
+            select(func.pg_advisory_xact_lock(func.hashtextextended(member_lock_key(member_id), 0)))
+        )
     if data.subject_id is not None and not await subjects.member_owns(
         session, data.subject_type, member_id, data.subject_id
     ):
@@ -110,9 +136,10 @@ async def messages_of(
     stmt = select(DisputeMessage).where(DisputeMessage.dispute_id == dispute_id)
     if not include_internal:
         stmt = stmt.where(DisputeMessage.internal.is_(False))
-    return list(
-        (await session.scalars(stmt.order_by(DisputeMessage.created_at, DisputeMessage.id).limit(500))).all()
-    )
+    newest_first = stmt.order_by(DisputeMessage.created_at.desc(), DisputeMessage.id.desc())
+    rows = list((await session.scalars(newest_first.limit(MESSAGES_SHOWN))).all())
+    rows.reverse()
+    return rows
 
 
 async def get_for_member(
@@ -188,6 +215,17 @@ async def member_reply(
     dispute = await _get(session, dispute_id, member_id=member_id, lock=True)
     if dispute.state == DisputeState.resolved.value:
         raise DisputeClosed("This dispute is resolved; open a new one if something is still wrong.")
+    written = await session.scalar(
+        select(func.count()).where(
+            DisputeMessage.dispute_id == dispute.id, DisputeMessage.author_role == Role.member.value
+        )
+    )
+    if (written or 0) >= MAX_MEMBER_MESSAGES:
+        raise DisputeThreadFull(
+            f"You have written {MAX_MEMBER_MESSAGES} messages in this dispute, its limit; support reads"
+            " them all. Open a new dispute for anything else."
+        )
+    before = _snapshot(dispute)
     now = utcnow()
     message = DisputeMessage(
         id=uuid7(),
@@ -201,6 +239,22 @@ async def member_reply(
     session.add(message)
     dispute.state = DisputeState.open.value
     dispute.last_message_at = now
+    if before["state"] != dispute.state:  # the member answered support: back in support's queue
+        await audit.record(
+            session,
+            action="dispute.member_replied",
+            actor_id=member_id,
+            target_type="dispute",
+            target_id=dispute.id,
+            before=before,
+            after=_snapshot(dispute),
+            ctx=ctx,
+        )
+        await enqueue(
+            session,
+            "disputes.member_replied",
+            {"dispute_id": str(dispute.id), "member_id": str(member_id)},
+        )
     await session.flush()
     return message
 
@@ -307,6 +361,7 @@ async def resolve(
     dispute.resolution_note = data.note
     dispute.resolved_at = now
     dispute.resolved_by = actor.user_id
+    dispute.last_message_at = now  # the resolution note below is the newest message
     if dispute.first_response_at is None:
         dispute.first_response_at = now
     session.add(
