@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.compliance import audit
 from referloop.core.context import RequestContext
 from referloop.core.errors import Conflict
 from referloop.core.pagination import paginate_by_id_desc, split_page
-from referloop.identity.errors import refuse_own_case
+from referloop.identity.errors import InsufficientRole, refuse_own_case
 from referloop.identity.models import KycStatus, Role, User
 from referloop.identity.service.accounts import get_user
 from referloop.identity.service.referral_codes import normalize_referral_code
@@ -46,12 +46,37 @@ async def search_members(
     return split_page(rows, limit, lambda u: [u.id])
 
 
+class LastAdmin(Conflict):
+    code = "last_admin"
+    title = "The last admin cannot be removed"
+
+
+# Every role change takes this lock first: the last-admin check below then sees every earlier
+# change, so two admins demoting each other at once cannot leave none.
+_ROLES_LOCK = "identity:roles"
+
+
 async def change_role(
     session: AsyncSession, actor: Principal, user_id: uuid.UUID, role: Role, ctx: RequestContext
 ) -> User:
-    user = await get_user(session, user_id)
-    if user.id == actor.user_id:
+    if user_id == actor.user_id:
         raise Conflict("You cannot change your own role; ask another admin.")
+    await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(_ROLES_LOCK, 0))))
+    user = await get_user(session, user_id, for_update=True)
+    if user.role == Role.admin.value and role is not Role.admin:
+        other_admins = await session.scalar(
+            select(func.count()).where(
+                User.role == Role.admin.value, User.deleted_at.is_(None), User.id != user.id
+            )
+        )
+        if not other_admins:
+            raise LastAdmin("This is the last admin; make another admin first.")
+    # The actor's role was read before the lock: an admin demoted meanwhile acts no more.
+    actor_role = await session.scalar(
+        select(User.role).where(User.id == actor.user_id, User.deleted_at.is_(None))
+    )
+    if actor_role != Role.admin.value:
+        raise InsufficientRole("Only admins change roles.")
     before = user.role
     user.role = role.value
     await audit.record(
@@ -73,7 +98,7 @@ async def set_kyc_status(
     session: AsyncSession, actor: Principal, user_id: uuid.UUID, kyc_status: KycStatus, ctx: RequestContext
 ) -> User:
     refuse_own_case(actor.user_id, user_id, "set your own KYC status")
-    user = await get_user(session, user_id)
+    user = await get_user(session, user_id, for_update=True)
     before = user.kyc_status
     user.kyc_status = kyc_status.value
     await audit.record(
@@ -95,7 +120,7 @@ async def set_level(
     session: AsyncSession, actor: Principal, user_id: uuid.UUID, level: int, ctx: RequestContext
 ) -> User:
     refuse_own_case(actor.user_id, user_id, "set your own level")
-    user = await get_user(session, user_id)
+    user = await get_user(session, user_id, for_update=True)
     before = user.level
     user.level = level
     await audit.record(
