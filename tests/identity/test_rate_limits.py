@@ -4,6 +4,7 @@ and a growing delay after repeated failed sign-ins. Apps here are built with tin
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 
 import httpx
@@ -72,6 +73,25 @@ class TestPerIp:
             )
             await asyncio.sleep(retry_after)
             r = await client.post("/v1/auth/login", json={"login": last.email, "password": last.password})
+            assert r.status_code == 200
+
+    async def test_login_per_ip_counts_an_ipv6_client_by_its_64(
+        self, app_factory: Callable[..., FastAPI]
+    ) -> None:
+        # One host routinely holds a whole /64: moving to the next address must not reset its limit.
+        app = app_factory(rate_limit_login=TINY)
+        prefix = f"2001:db8:{random.randint(0, 0xFFFF):x}:{random.randint(0, 0xFFFF):x}"
+        async with asgi_client(app) as client:
+            members = [await register_member(client) for _ in range(4)]
+        for i, m in enumerate(members[:3], start=1):
+            async with asgi_client(app, ip=f"{prefix}::{i}") as c:
+                r = await c.post("/v1/auth/login", json={"login": m.email, "password": m.password})
+                assert r.status_code == 200
+        last = members[3]
+        async with asgi_client(app, ip=f"{prefix}:ffff:ffff:ffff:fff0") as c:
+            assert_429(await c.post("/v1/auth/login", json={"login": last.email, "password": last.password}))
+        async with asgi_client(app, ip=f"2001:db8:{random.randint(0, 0xFFFF):x}:1::1") as c:  # another /64
+            r = await c.post("/v1/auth/login", json={"login": last.email, "password": last.password})
             assert r.status_code == 200
 
     async def test_refresh_per_ip(self, app_factory: Callable[..., FastAPI]) -> None:

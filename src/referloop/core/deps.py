@@ -71,6 +71,23 @@ def client_ip(request: Request, trusted_proxies: int) -> str | None:
     return request.client.host if request.client else None
 
 
+def rate_limit_ip(ip: str | None) -> str:
+    """The client part of a per-IP rate limit key: an IPv4 address as it is, an IPv6 address by its
+    /64 network. One subscriber or host is routinely given a whole /64, so its 2^64 addresses are
+    one client. (Audit rows and sessions keep the full address.)"""
+    if not ip:
+        return "-"
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # ::ffff:a.b.c.d is that IPv4 client
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 async def get_request_context(request: Request, runtime: RuntimeDep) -> RequestContext:
     return RequestContext(
         request_id=getattr(request.state, "request_id", None),

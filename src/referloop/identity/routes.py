@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Request, Response, status
 
-from referloop.core.deps import ContextDep, ReadSession, RuntimeDep, WriteSession
+from referloop.core.deps import ContextDep, ReadSession, RuntimeDep, WriteSession, rate_limit_ip
 from referloop.core.errors import NotFound, problem_responses
 from referloop.identity.deps import CurrentMember, SessionUncheckedMember
 from referloop.identity.errors import CodeRejected
@@ -79,7 +79,7 @@ async def register(
 ) -> TokenPair:
     """Create a member account and sign in. A code to verify the email address is sent at once.
     A share link's click id (`click_id`, else the `rl_click` cookie) credits the member who shared it."""
-    await rt.limiter.hit(rt.settings.rate_limit_register, "register", ctx.ip or "-")
+    await rt.limiter.hit(rt.settings.rate_limit_register, "register", rate_limit_ip(ctx.ip))
     await rt.limiter.hit(rt.settings.rate_limit_register, "register-account", body.email or body.phone or "-")
     cookie = request.cookies.get(rt.settings.click_cookie_name)
     return await accounts.register(
@@ -90,7 +90,7 @@ async def register(
 @router.post("/auth/login", response_model=TokenPair, responses=problem_responses(401, 422, 429))
 async def login(body: LoginRequest, session: WriteSession, rt: RuntimeDep, ctx: ContextDep) -> TokenPair:
     """Sign in with email or phone and password (and a TOTP code where TOTP is enabled)."""
-    await rt.limiter.hit(rt.settings.rate_limit_login, "login-ip", ctx.ip or "-")
+    await rt.limiter.hit(rt.settings.rate_limit_login, "login-ip", rate_limit_ip(ctx.ip))
     await rt.limiter.hit(rt.settings.rate_limit_login, "login-account", accounts.login_key(body.login))
     return await accounts.login(session, rt, body, ctx)
 
@@ -99,7 +99,7 @@ async def login(body: LoginRequest, session: WriteSession, rt: RuntimeDep, ctx: 
 async def refresh(body: RefreshRequest, session: WriteSession, rt: RuntimeDep, ctx: ContextDep) -> TokenPair:
     """Exchange a refresh token for a new pair. Each refresh token works once; presenting a used one
     again (after a 10-second grace for retries) ends the whole session."""
-    await rt.limiter.hit(rt.settings.rate_limit_refresh, "refresh-ip", ctx.ip or "-")
+    await rt.limiter.hit(rt.settings.rate_limit_refresh, "refresh-ip", rate_limit_ip(ctx.ip))
     return await sessions.refresh(session, rt, body.refresh_token, ctx)
 
 
@@ -157,7 +157,7 @@ async def request_verification(
     ctx: ContextDep,
 ) -> Accepted:
     """Send a new 6-digit code to your email address or phone (valid 10 minutes, 5 attempts)."""
-    await rt.limiter.hit(rt.settings.rate_limit_verify, "verify-ip", ctx.ip or "-")
+    await rt.limiter.hit(rt.settings.rate_limit_verify, "verify-ip", rate_limit_ip(ctx.ip))
     await rt.limiter.hit(rt.settings.rate_limit_verify, "verify-account", str(principal.user_id))
     await accounts.request_verification(session, rt, principal.user_id, channel)
     return Accepted(detail=f"A code is on its way to your {channel}.")
@@ -174,7 +174,7 @@ async def confirm_verification(
     rt: RuntimeDep,
     ctx: ContextDep,
 ) -> MeOut:
-    await rt.limiter.hit(rt.settings.rate_limit_verify, "verify-ip", ctx.ip or "-")
+    await rt.limiter.hit(rt.settings.rate_limit_verify, "verify-ip", rate_limit_ip(ctx.ip))
     await rt.limiter.hit(rt.settings.rate_limit_verify, "verify-account", str(principal.user_id))
     await rt.limiter.hit(
         rt.settings.rate_limit_code_guesses, f"code-guesses-{channel}", str(principal.user_id)
@@ -194,7 +194,7 @@ async def forgot_password(
     body: PasswordForgotRequest, session: WriteSession, rt: RuntimeDep, ctx: ContextDep
 ) -> Accepted:
     """Email a reset code if an account has this address. The answer is the same either way."""
-    await rt.limiter.hit(rt.settings.rate_limit_verify, "reset-ip", ctx.ip or "-")
+    await rt.limiter.hit(rt.settings.rate_limit_verify, "reset-ip", rate_limit_ip(ctx.ip))
     await rt.limiter.hit(rt.settings.rate_limit_verify, "reset-account", body.email)
     await accounts.request_password_reset(session, rt, body.email)
     return Accepted(detail="If an account has this address, a code is on its way.")
@@ -207,7 +207,7 @@ async def reset_password(
     body: PasswordResetRequest, session: WriteSession, rt: RuntimeDep, ctx: ContextDep
 ) -> None:
     """Set a new password with the emailed code; every session of the account is signed out."""
-    await rt.limiter.hit(rt.settings.rate_limit_verify, "reset-ip", ctx.ip or "-")
+    await rt.limiter.hit(rt.settings.rate_limit_verify, "reset-ip", rate_limit_ip(ctx.ip))
     await rt.limiter.hit(rt.settings.rate_limit_verify, "reset-account", body.email)
     # 5 tries per code, and a new code is one request away: this caps the guesses themselves.
     await rt.limiter.hit(rt.settings.rate_limit_code_guesses, "code-guesses-reset", body.email)
