@@ -3,6 +3,7 @@ which; development makes its own keys under var/keys and keeps them."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -115,3 +116,54 @@ async def test_development_generates_its_keys_under_var_keys_and_keeps_them(
         assert second.signer.verify(token).role == "member"  # tokens survive a restart
     finally:
         await second.close()
+
+
+def test_production_sends_email_by_smtp_and_refuses_the_file_sink() -> None:
+    assert Settings.model_validate({"env": "production", **SERVICES, **SECRETS}).email_backend == "smtp"
+    with pytest.raises(
+        ValidationError, match="env=production refuses to start with REFERLOOP_EMAIL_BACKEND=file"
+    ):
+        Settings.model_validate({"env": "production", **SERVICES, **SECRETS, "email_backend": "file"})
+    for env in ("development", "test"):
+        assert Settings.model_validate({"env": env, **SERVICES, **SECRETS}).email_backend == "file"
+
+
+def test_the_production_command_refuses_the_file_email_backend(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "REFERLOOP_ENV": "production",
+        "REFERLOOP_DATABASE_URL": "postgresql://root@127.0.0.1:1/none",
+        "REFERLOOP_REDIS_URL": "redis://127.0.0.1:1",
+        "REFERLOOP_FIELD_ENCRYPTION_KEYS": TEST_FIELD_ENCRYPTION_KEYS,
+        "REFERLOOP_JWT_PRIVATE_KEYS": json.dumps([TEST_JWT_PRIVATE_KEY]),
+        "REFERLOOP_EMAIL_BACKEND": "file",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "referloop", "migrate"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "refuses to start with REFERLOOP_EMAIL_BACKEND=file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_smtp_upgrades_to_tls_when_offered_unless_told_otherwise() -> None:
+    assert Settings.model_validate({"env": "test", **SERVICES, **SECRETS}).smtp_starttls is None
+
+
+@pytest.mark.parametrize("credential", [{"smtp_username": "apikey"}, {"smtp_password": "SG.x9f2kq7v"}])
+def test_production_refuses_smtp_credentials_without_tls(credential: dict[str, str]) -> None:
+    base = {"env": "production", **SERVICES, **SECRETS, "smtp_host": "smtp.sendgrid.net", **credential}
+    for starttls in (None, False):
+        with pytest.raises(ValidationError, match="refuses to send SMTP credentials without TLS"):
+            Settings.model_validate({**base, "smtp_starttls": starttls})
+    assert Settings.model_validate({**base, "smtp_starttls": True}).smtp_starttls is True
+    # Outside production a local test relay may take credentials in plain text.
+    Settings.model_validate({**base, "env": "test", "smtp_starttls": False})
+    # Without credentials (a relay that trusts our network) production needs no TLS setting.
+    Settings.model_validate({"env": "production", **SERVICES, **SECRETS})

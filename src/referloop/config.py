@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -129,7 +130,7 @@ class Settings(BaseSettings):
 
     # Email
     email_backend: EmailBackend = EmailBackend.file
-    """`file` writes each email to `var/mail/`; `smtp` sends through the SMTP server below."""
+    """`file` writes each email to `var/mail/` (development and test); `smtp` sends through the SMTP server below. Production defaults to `smtp` and refuses to start with `file`."""
     email_from: str = "Referloop <no-reply@referloop.local>"
     """The From address of every email."""
     smtp_host: str = "127.0.0.1"
@@ -140,8 +141,8 @@ class Settings(BaseSettings):
     """SMTP user (SendGrid: `apikey`; SES: the SMTP credential's user)."""
     smtp_password: SecretStr = SecretStr("")
     """SMTP password or API key."""
-    smtp_starttls: bool = False
-    """Upgrade the SMTP connection with STARTTLS."""
+    smtp_starttls: bool | None = None
+    """STARTTLS. Unset: upgrade whenever the server offers it; `true`: require it (production with an SMTP username or password must); `false`: never (a local relay only)."""
     smtp_timeout_seconds: float = 10.0
     """SMTP connect and command timeout."""
 
@@ -320,6 +321,18 @@ class Settings(BaseSettings):
     bench_routes_enabled: bool = False
     """Mount the benchmark baseline routes (benchmarks only)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _production_sends_email_by_smtp(cls, data: Any) -> Any:
+        """Production's default email backend is SMTP: a file sink there would swallow every email."""
+        if (
+            isinstance(data, dict)
+            and str(data.get("env", "")).lower() == Environment.production.value
+            and data.get("email_backend") in (None, "")
+        ):
+            return {**data, "email_backend": EmailBackend.smtp}
+        return data
+
     @model_validator(mode="after")
     def _refuse_missing_or_placeholder_secrets(self) -> Settings:
         """Outside development (test and production alike) every secret is given, none is a
@@ -380,6 +393,22 @@ class Settings(BaseSettings):
             missing = [name for name, value in required[self.payout_provider] if not value]
             if missing:
                 raise ValueError(f"payout provider {self.payout_provider} needs {', '.join(missing)}")
+        return self
+
+    @model_validator(mode="after")
+    def _production_delivers_for_real(self) -> Settings:
+        if self.env is not Environment.production:
+            return self
+        if self.email_backend is EmailBackend.file:
+            raise ValueError(
+                "env=production refuses to start with REFERLOOP_EMAIL_BACKEND=file (it writes every "
+                "email, codes included, to local files); set smtp and the REFERLOOP_SMTP_* settings"
+            )
+        if (self.smtp_username or self.smtp_password.get_secret_value()) and self.smtp_starttls is not True:
+            # Opportunistic STARTTLS falls back to plain text when the offer is stripped on the way.
+            raise ValueError(
+                "env=production refuses to send SMTP credentials without TLS: set REFERLOOP_SMTP_STARTTLS=true"
+            )
         return self
 
     @property

@@ -8,6 +8,8 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from referloop.config import Environment
+from referloop.core.errors import ServiceUnavailable
 from referloop.core.outbox import enqueue
 from referloop.runtime import Runtime
 
@@ -41,9 +43,22 @@ async def send_email(
     )
 
 
+class SmsUnavailable(ServiceUnavailable):
+    code = "sms_unavailable"
+    title = "Text messages are not available"
+
+
+def sms_available(rt: Runtime) -> bool:
+    """No SMS provider exists yet: outside production texts go to a file sink (`var/sms/`); in
+    production they are refused rather than written to a file that nobody reads."""
+    return rt.settings.env is not Environment.production
+
+
 async def send_sms(
     session: AsyncSession, rt: Runtime, *, to: str, template: str, locale: str, context: dict[str, Any]
 ) -> None:
+    if not sms_available(rt):
+        raise SmsUnavailable("We cannot send text messages yet; verify your email address instead.")
     await enqueue(
         session,
         SMS_TOPIC,

@@ -12,7 +12,7 @@ from referloop.core.outbox.consumers import consumer
 from referloop.notifications.channels.email import build_message, email_sender
 from referloop.notifications.channels.sms import FileSmsSink
 from referloop.notifications.rendering import render_email, render_sms
-from referloop.notifications.service import EMAIL_TOPIC, SMS_TOPIC, open_context
+from referloop.notifications.service import EMAIL_TOPIC, SMS_TOPIC, open_context, sms_available
 from referloop.runtime import Runtime
 
 # Fault point for crash tests: the SMTP relay accepted the message, its inbox record is not committed.
@@ -41,6 +41,8 @@ async def deliver_email(
 async def deliver_sms(
     session: AsyncSession, rt: Runtime, event_id: uuid.UUID, payload: dict[str, Any]
 ) -> None:
+    if not sms_available(rt):  # queued before production refused texts: fail it, never fake it
+        raise RuntimeError("no SMS provider is configured in production; this text was not sent")
     locale, body = render_sms(payload["template"], payload["locale"], open_context(rt, payload["context"]))
     sink = FileSmsSink(rt.settings.var_dir / "sms", log_body=rt.settings.is_development)
     await sink.send(event_id, to=payload["to"], body=body, locale=locale, template=payload["template"])

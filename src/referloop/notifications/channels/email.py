@@ -60,7 +60,8 @@ class SmtpSender:
             port=s.smtp_port,
             username=s.smtp_username or None,
             password=password or None,
-            # True: the relay must offer STARTTLS (SendGrid and SES on 587); False: plain (local relay).
+            # None: STARTTLS whenever the relay offers it; True: the relay must offer it (SendGrid
+            # and SES on 587); False: plain text (a local relay only).
             start_tls=s.smtp_starttls,
             timeout=s.smtp_timeout_seconds,
         )
