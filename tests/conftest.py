@@ -127,7 +127,9 @@ def redis_url(worker_id_: str) -> str:
         return start_embedded_redis(Path("var/test"))
     # TEST_REDIS_DB_OFFSET keeps test runs started side by side (each "master") on separate databases.
     index = _worker_index(worker_id_) + int(os.environ.get("TEST_REDIS_DB_OFFSET", "0"))
-    return f"{base.rstrip('/').rsplit('/', 1)[0] if base.count('/') > 2 else base.rstrip('/')}/{1 + index % 15}"
+    return (
+        f"{base.rstrip('/').rsplit('/', 1)[0] if base.count('/') > 2 else base.rstrip('/')}/{1 + index % 15}"
+    )
 
 
 @pytest.fixture(scope="session")

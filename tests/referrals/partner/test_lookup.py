@@ -205,7 +205,9 @@ async def test_filters_and_pagination(client: httpx.AsyncClient, runtime: Runtim
         {"cursor": "not a cursor"},
         {"cursor": "bm9wZQ"},  # base64 of something this API never returned
         # ["0001-01-01T00:00:00+14:00", <uuid>]: a time before year 1 in UTC, which the driver fails on
-        {"cursor": "WyIwMDAxLTAxLTAxVDAwOjAwOjAwKzE0OjAwIiwiMDE4OTAwMDAtMDAwMC03MDAwLTgwMDAtMDAwMDAwMDAwMDAwIl0"},
+        {
+            "cursor": "WyIwMDAxLTAxLTAxVDAwOjAwOjAwKzE0OjAwIiwiMDE4OTAwMDAtMDAwMC03MDAwLTgwMDAtMDAwMDAwMDAwMDAwIl0"
+        },
     ],
 )
 async def test_bad_parameters_answer_422_problems(
