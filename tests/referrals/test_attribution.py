@@ -18,7 +18,7 @@ from referloop.referrals.service.attribution import (
     attribute_signup,
     self_referral_reason,
 )
-from referloop.referrals.service.clicks import flush_all_clicks
+from referloop.referrals.service.clicks import ensure_partitions, flush_all_clicks
 from referloop.referrals.service.members import MemberFacts, canonical_email
 from referloop.referrals.tasks import handle_user_registered
 from referloop.runtime import Runtime
@@ -195,6 +195,26 @@ async def test_click_outside_the_window_or_by_a_bot_is_not_attributed(
     result = await attribute(runtime, visitor.id, click_id=bot_click)
     assert result.outcome is Outcome.no_referrer and "bot" in (result.reason or "")
     await nothing_written(runtime, visitor.id)
+
+
+async def test_a_sign_up_is_judged_at_its_own_time_when_the_worker_gets_to_it_late(
+    client: httpx.AsyncClient, admin: Admin, program: dict[str, Any], runtime: Runtime
+):
+    await create_campaign(client, admin, [program["id"]], attribution_window_days=7)
+    referrer = await register_member(client)
+    click_id = await click(client, referrer, program)
+    await flush_all_clicks(runtime)
+    referee = await register_member(client)
+    # The click and the sign-up a minute apart, 8 days ago; the event is handled only now.
+    await ensure_partitions(runtime, [datetime.now(UTC) - timedelta(days=9)])
+    await sql(
+        runtime, "UPDATE clicks SET clicked_at = now() - interval '8 days 1 minute' WHERE id = :c", c=click_id
+    )
+    await sql(runtime, "UPDATE users SET created_at = now() - interval '8 days' WHERE id = :u", u=referee.id)
+    result = await attribute(runtime, referee.id, click_id=uuid.UUID(click_id))
+    assert result.outcome is Outcome.attributed and str(result.referrer_id) == referrer.id
+    (row,) = await attributions_of(runtime, referee.id)
+    assert row["attributed_at"] < datetime.now(UTC) - timedelta(days=7)
 
 
 async def test_self_referral_with_own_code_is_refused(client: httpx.AsyncClient, runtime: Runtime):

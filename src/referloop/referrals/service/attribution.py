@@ -124,8 +124,10 @@ async def attribute_signup(
 ) -> AttributionResult:
     """Credit `new_user`'s sign-up to a referrer (rules in the module doc). On success writes one
     `attributions` row and the outbox event `referrals.signup_attributed`, and remembers the new
-    member's device; refused or unattributed sign-ups write nothing. Only flushes."""
-    at = at or utcnow()
+    member's device; refused or unattributed sign-ups write nothing. Only flushes. `at` is the
+    moment judged (windows, campaigns); by default the sign-up's own, not when a worker that fell
+    behind gets to the event: a click near the end of its window still counts."""
+    at = at or new_user.created_at or utcnow()
     existing = await session.scalar(select(Attribution).where(Attribution.referee_id == new_user.id))
     if existing is not None:
         return AttributionResult(
