@@ -68,6 +68,26 @@ async def test_staff_cannot_decide_their_own_cases(client: httpx.AsyncClient, ru
     )
     assert await balance(runtime, finance.id) == before
     assert before.available == 1_000_000 and isinstance(before, ledger.MemberBalance)
+    # Nor do they answer it as support (which would stop its first-response clock), or handle it.
+    dispute_id = d.json()["id"]
+    await assert_own_case(
+        await client.post(
+            f"/v1/staff/disputes/{dispute_id}/messages",
+            json={"body": "Looks right to me."},
+            headers={**finance.auth, **idem()},
+        )
+    )
+    for assigner in (finance, colleague):
+        await assert_own_case(
+            await client.put(
+                f"/v1/staff/disputes/{dispute_id}/assignee",
+                json={"assignee_id": finance.id},
+                headers=assigner.auth,
+            )
+        )
+    r = await client.get(f"/v1/staff/disputes/{dispute_id}", headers=colleague.auth)
+    assert r.json()["first_response_at"] is None and r.json()["assignee_id"] is None
+    assert r.json()["state"] == "open"
 
     # An admin's own KYC status and level; another admin may set them.
     other_admin = await create_staff(client, runtime, role=Role.admin)

@@ -27,7 +27,7 @@ from referloop.disputes.errors import (
 )
 from referloop.disputes.models import Dispute, DisputeMessage, DisputeState, Outcome, SubjectType
 from referloop.disputes.schemas import DisputeCreate, Resolve
-from referloop.identity.errors import refuse_own_case
+from referloop.identity.errors import OwnCase, refuse_own_case
 from referloop.identity.models import Role
 from referloop.identity.service.sessions import Principal
 
@@ -268,6 +268,8 @@ async def staff_reply(
     ctx: RequestContext,
 ) -> DisputeMessage:
     dispute = await _get(session, dispute_id, lock=True)
+    # Support's answer (and the first-response clock it stops) comes from someone else.
+    refuse_own_case(actor.user_id, dispute.member_id, "answer your own dispute as support")
     if dispute.state == DisputeState.resolved.value:
         raise DisputeClosed("This dispute is resolved.")
     now = utcnow()
@@ -317,6 +319,8 @@ async def assign(
 
     dispute = await _get(session, dispute_id, lock=True)
     if assignee_id is not None:
+        if assignee_id == dispute.member_id:
+            raise OwnCase("A staff member is never assigned their own dispute; assign someone else.")
         assignee = await get_user(session, assignee_id)
         if assignee.role == Role.member.value:
             raise InvalidInput("Disputes are assigned to staff members only.")
