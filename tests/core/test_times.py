@@ -53,6 +53,10 @@ def test_storable_instant_keeps_every_time_in_range() -> None:
         storable_instant(datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=4))))
 
 
+# Fixed: parameters must be the same in every xdist worker.
+_SOME_ID = "01890000-0000-7000-8000-000000000000"
+
+
 def _cursor(*values: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
 
@@ -60,10 +64,10 @@ def _cursor(*values: object) -> str:
 @pytest.mark.parametrize(
     "cursor",
     [
-        _cursor(TOO_EARLY, str(uuid.uuid4())),
-        _cursor(TOO_LATE, str(uuid.uuid4())),
-        _cursor("2026-12-03T10:00:00", str(uuid.uuid4())),  # no time zone
-        _cursor("yesterday", str(uuid.uuid4())),
+        _cursor(TOO_EARLY, _SOME_ID),
+        _cursor(TOO_LATE, _SOME_ID),
+        _cursor("2026-12-03T10:00:00", _SOME_ID),  # no time zone
+        _cursor("yesterday", _SOME_ID),
         _cursor("2026-12-03T10:00:00Z"),
     ],
 )
