@@ -477,7 +477,12 @@ class TestRazorpayXStatus:
 
     def test_the_fake_refuses_undocumented_transitions(self, fake_razorpayx: FakeRazorpayX) -> None:
         payout_id = "pout_" + uuid.uuid4().hex[:14]
-        fake_razorpayx.payouts[payout_id] = {"id": payout_id, "status": "cancelled", "reference_id": None}
+        fake_razorpayx.payouts[payout_id] = {
+            "id": payout_id,
+            "status": "cancelled",
+            "reference_id": None,
+            "created_at": 0,
+        }
         with pytest.raises(ValueError, match="never moves a payout from cancelled to processed"):
             fake_razorpayx.set_status(payout_id, "processed")
 

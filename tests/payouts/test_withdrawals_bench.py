@@ -4,28 +4,35 @@ withdrawal request it sends, and the results it writes."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 from bench import ledger as bench_ledger
-from bench.common import write_items
 
 
 def test_each_withdrawal_request_carries_a_fresh_key_the_token_and_the_method(tmp_path: Path) -> None:
-    items = write_items(tmp_path / "items.txt", ["tok1 0193a3c4-8f1e-7cc2-9a4b-3e5f6a7b8c9d"])
-    workload = bench_ledger.WithdrawalWorkload("w", "http://127.0.0.1:1/v1/withdrawals", "withdrawal", items)
+    methods = [
+        uuid.UUID("0193a3c4-8f1e-7cc2-9a4b-3e5f6a7b8c9d"),
+        uuid.UUID("0193a3c4-8f1e-7cc2-9a4b-3e5f6a7b8c9e"),
+    ]
+    workload = bench_ledger.withdrawal_workload(
+        "http://127.0.0.1:1/v1/withdrawals", "measured", tmp_path, ["tok1", "tok2"], methods, seconds=0.003
+    )
+    assert workload.once  # a key is never sent twice, not even by a later phase reading the same file
+    requests = [workload.request_parts(item) for item in workload.items()]
+    assert len(requests) == 5  # 3 ms at WITHDRAWAL_ITEMS_PER_S, plus one per member
 
-    method, url, headers, body = workload.request_parts(workload.items()[0])
-    _, _, again, _ = workload.request_parts(workload.items()[0])
-
-    assert (method, url) == ("POST", "http://127.0.0.1:1/v1/withdrawals")
-    assert headers["Authorization"] == "Bearer tok1"
-    assert headers["Idempotency-Key"] != again["Idempotency-Key"]
-    assert body is not None
-    assert json.loads(body) == {
-        "amount": bench_ledger.WITHDRAWAL_AMOUNT,
-        "currency": "INR",
-        "payout_method_id": "0193a3c4-8f1e-7cc2-9a4b-3e5f6a7b8c9d",
-    }
+    keys = [headers["Idempotency-Key"] for _, _, headers, _ in requests]
+    assert len(set(keys)) == len(keys)
+    for i, (method, url, headers, body) in enumerate(requests):
+        assert (method, url) == ("POST", "http://127.0.0.1:1/v1/withdrawals")
+        assert headers["Authorization"] == f"Bearer tok{i % 2 + 1}"  # members in turn
+        assert body is not None
+        assert json.loads(body) == {
+            "amount": bench_ledger.WITHDRAWAL_AMOUNT,
+            "currency": "INR",
+            "payout_method_id": str(methods[i % 2]),
+        }
 
 
 def test_results_carry_both_ratios_and_the_hot_account_beside_them() -> None:

@@ -1,7 +1,10 @@
 """A real `referloop worker` process killed between the provider's answer and saving it (fault
 point `payouts.after_provider_call:<withdrawal id>`, exit 137 as after kill -9). The next worker
-finds the withdrawal processing with no payout saved, asks again with the same idempotency key, and
-the provider, which made the payout the first time, hands that one back: the member is paid once."""
+finds the withdrawal processing with no payout saved and asks the provider for this attempt's
+payout (by our reference) before anything else: it finds the one the first call made and adopts it,
+even though the member deleted the payout method meanwhile (which used to fail the withdrawal and
+release the money the provider was paying out). Had there been none, it would send again with the
+same idempotency key. The member is paid once."""
 
 from __future__ import annotations
 
@@ -117,6 +120,9 @@ async def _crash_and_retry(app: FastAPI, rt: Runtime, fake_razorpayx: FakeRazorp
     )
     assert row == "processing/-"
     assert await balance(rt, member.id) == ledger.MemberBalance("INR", 0, 0, 9_000)
+    async with asgi_client(app) as client:
+        r = await client.delete(f"/v1/payout-methods/{method_id}", headers=member.auth)
+        assert r.status_code == 204, r.text
 
     worker = await start_worker(env)
     output = asyncio.create_task(drain(worker))
@@ -135,7 +141,8 @@ async def _crash_and_retry(app: FastAPI, rt: Runtime, fake_razorpayx: FakeRazorp
         for r in fake_razorpayx.requests_to("POST", "/v1/payouts")
         if r.headers.get("x-payout-idempotency") == key
     ]
-    assert len(sent) == 2  # asked twice, with the same key
+    assert len(sent) == 1  # the retry looked the payout up instead of sending it again
+    assert fake_razorpayx.requests_to("GET", "/v1/payouts")  # by our reference
     assert fake_razorpayx.created_by_key[key] == [payout_id]  # one payout
     assert (
         await db_value(rt, "SELECT provider_payout_id FROM withdrawals WHERE id = :w", w=withdrawal_id)

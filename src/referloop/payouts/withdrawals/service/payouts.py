@@ -106,23 +106,41 @@ async def build_request(session: AsyncSession, rt: Runtime, w: Withdrawal) -> Pa
     )
 
 
-async def submit(session: AsyncSession, rt: Runtime, withdrawal_id: uuid.UUID, attempt: int) -> str:
+async def submit(
+    session: AsyncSession,
+    rt: Runtime,
+    withdrawal_id: uuid.UUID,
+    attempt: int,
+    *,
+    provider_checked: bool = False,
+) -> str:
     """Send one attempt of a withdrawal to its provider (the consumer of `withdrawal_approved`, and
-    `payouts sync` for a submission that never got an answer). Returns what happened."""
+    `payouts sync` for a submission that never got an answer). Returns what happened.
+
+    An attempt already processing was sent before (the worker died after the call, or the call timed
+    out or failed with a 5xx), so a payout may exist: it is looked up at the provider first
+    (`payouts sync`), and only when there is none (`provider_checked`) is it sent again, or failed
+    and the money released on a refusal. Releasing on a guess would pay twice."""
     async with rt.db.sessionmaker() as own, own.begin():
         w = await lock(own, withdrawal_id)
         if w.attempt != attempt:
             return f"skipped: attempt {attempt} was superseded by attempt {w.attempt}"
+        sent_before = w.state == WithdrawalState.processing.value
         if w.state == WithdrawalState.approved.value:
             await transition(own, w, WithdrawalState.processing, SYSTEM)
-        elif w.state != WithdrawalState.processing.value or w.provider_payout_id is not None:
+        elif not sent_before or w.provider_payout_id is not None:
             return f"skipped: the withdrawal is {w.state}"
-        try:
-            request = await build_request(own, rt, w)
-        except CannotPay as exc:
-            await _fail(own, w, SYSTEM, code=exc.code, message=str(exc))
-            return "failed: " + str(exc)
+        if not sent_before or provider_checked:
+            try:
+                request = await build_request(own, rt, w)
+            except CannotPay as exc:
+                await _fail(own, w, SYSTEM, code=exc.code, message=str(exc))
+                return "failed: " + str(exc)
         provider_name = w.provider
+    if sent_before and not provider_checked:
+        from referloop.payouts.withdrawals.service.sync import sync_one  # it calls back here
+
+        return "looked up first: " + await sync_one(rt, withdrawal_id)
 
     provider = build_payout_provider(rt.settings, provider_name)
     try:
@@ -217,6 +235,14 @@ async def apply_report(
     if w.provider_status is not None and not report.status.supersedes(PayoutStatus(w.provider_status)):
         await session.flush()
         return f"ignored: {report.status.value} does not supersede {w.provider_status}"
+    if (
+        report.status.money_returned
+        and state in (WithdrawalState.processing, WithdrawalState.paid)
+        and not await _reclaimed(rt, w, report)
+    ):
+        # Its status is not recorded either: the next report of it (or `payouts sync`) tries again.
+        await session.flush()
+        return "unresolved: the money came back to the member's provider account and stays there"
     w.provider_status = report.status.value
     w.provider_raw_status = report.provider_status[:40]
     if report.fees is not None:
@@ -235,11 +261,16 @@ async def apply_report(
                 details={"provider_payout_id": w.provider_payout_id, "bank_reference": w.bank_reference},
             )
             return "paid"
+        if state not in (WithdrawalState.paid, WithdrawalState.reversed):
+            # Paid out after we had settled it otherwise (released, cancelled): money went out twice.
+            w.last_error = f"paid by {w.provider} ({w.provider_payout_id}) while {state.value}: recover it"
+            log.error(
+                "payout_paid_after_release",
+                withdrawal_id=str(w.id),
+                state=state.value,
+                provider_payout_id=w.provider_payout_id,
+            )
     elif report.status.money_returned:
-        if state in (WithdrawalState.processing, WithdrawalState.paid) and not await _reclaimed(
-            rt, w, report
-        ):
-            return "unresolved: the money came back to the member's provider account and stays there"
         w.failure_code = (report.failure_code or report.provider_status)[:64]
         w.failure_message = (report.failure_message or f"The payout was {report.provider_status}.")[:500]
         if state is WithdrawalState.processing:

@@ -101,7 +101,7 @@ async def sync_one(rt: Runtime, withdrawal_id: uuid.UUID) -> str:
     if found is None:
         # Nothing at the provider for this attempt: send it (same key, so still at most one payout).
         async with rt.db.sessionmaker() as session, session.begin():
-            return "submitted: " + await submit(session, rt, withdrawal_id, attempt)
+            return "submitted: " + await submit(session, rt, withdrawal_id, attempt, provider_checked=True)
     async with rt.db.sessionmaker() as session, session.begin():
         w = await lock(session, withdrawal_id)
         if w.attempt != attempt:
