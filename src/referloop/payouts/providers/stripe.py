@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 import re
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -389,7 +390,17 @@ class StripeConnectProvider:
                 provider=NAME,
                 no_payout_made=False,
             )
-        await self._reversal(str(transfer_id), idempotency_key=idempotency_key, reference=reference)
+        transfer = await self._http.request("GET", f"/v1/transfers/{transfer_id}")
+        if transfer.get("reversed"):
+            return  # taken back already: an earlier try whose answer was lost, or the refusal path
+        # A key of this try's own: Stripe answers a key with its first answer for 24 hours, so a try
+        # after a refusal (the account's balance was short) must not reuse the refused one. The caller
+        # holds the withdrawal's row lock, and a transfer is never reversed beyond its amount.
+        await self._post(
+            f"/v1/transfers/{transfer_id}/reversals",
+            {"metadata": {REFERENCE_KEY: reference}},
+            key=f"{idempotency_key}-reversal-{secrets.token_hex(6)}",
+        )
 
     async def _reverse_transfer(
         self, request: PayoutRequest, transfer: Mapping[str, Any], cause: PermanentProviderError
