@@ -535,6 +535,7 @@ class TestRazorpayXWebhooks:
             (headers, tampered, "does not match"),
             (wrong_headers, wrong_body, "does not match"),
             (unsigned, body, "missing"),
+            ({**unsigned, "X-Razorpay-Signature": "é" * 64}, body, "does not match"),  # a 500 before
         ]:
             with pytest.raises(WebhookVerificationError, match=message):
                 razorpayx.verify_webhook(bad_headers, bad_body)
@@ -1043,6 +1044,11 @@ class TestStripeWebhooks:
             ({"Stripe-Signature": "v1=abc"}, body, "Unable to extract the timestamp"),
             ({"Stripe-Signature": f"{timestamp},v0=abc"}, body, "has no v1 signature"),
             ({"Stripe-Signature": "t=soon,v1=abc"}, body, "not a number"),
+            (
+                {"Stripe-Signature": f"{timestamp},v1={'é' * 64}"},
+                body,
+                "No Stripe-Signature v1",
+            ),  # a 500 before
             ({}, body, "missing"),
         ]
         for bad_headers, bad_body, message in cases:

@@ -242,7 +242,11 @@ class RazorpayXProvider:
             raise WebhookVerificationError("No RazorpayX webhook secret is configured.")
         # The previous secret too: Razorpay keeps retrying old events signed with it.
         if not any(
-            hmac.compare_digest(hmac.new(secret, raw_body, hashlib.sha256).hexdigest(), signature)
+            # As bytes: a header of non-ASCII characters (HTTP headers arrive as latin-1) is a
+            # mismatch, not a TypeError (a 500).
+            hmac.compare_digest(
+                hmac.new(secret, raw_body, hashlib.sha256).hexdigest().encode(), signature.encode()
+            )
             for secret in self._webhook_secrets
         ):
             raise WebhookVerificationError("The X-Razorpay-Signature does not match the body.")

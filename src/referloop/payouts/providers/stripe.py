@@ -513,7 +513,8 @@ class StripeConnectProvider:
             raise WebhookVerificationError("No Stripe webhook secret is configured.")
         timestamp, signatures = parse_signature_header(header)
         expected = [compute_signature(timestamp, raw_body, secret) for secret in self._webhook_secrets]
-        if not any(hmac.compare_digest(e, s) for e in expected for s in signatures):
+        # As bytes: a signature of non-ASCII characters is a mismatch, not a TypeError (a 500).
+        if not any(hmac.compare_digest(e.encode(), s.encode()) for e in expected for s in signatures):
             raise WebhookVerificationError("No Stripe-Signature v1 signature matches the body.")
         # Like stripe-python: too old is refused (replay), a clock ahead of ours is not.
         if timestamp < self._clock() - self._tolerance:
