@@ -1,14 +1,18 @@
+import dataclasses
 import uuid
 
+import pytest
 from sqlalchemy import select
 
 from referloop.analytics.service.funnel import member_funnel
+from referloop.config import Environment
 from referloop.demo import (
     DEMO_CAMPAIGN,
     DEMO_LEADS,
     DEMO_MEMBERS,
     DEMO_PASSWORD,
     DEMO_UNIVERSITIES,
+    DemoRefused,
     seed_demo,
 )
 from referloop.identity.models import User
@@ -80,3 +84,21 @@ async def test_seed_demo_makes_accounts_that_sign_in_and_runs_twice_safely(runti
         stored = await click_counts(session, member_id=referrer.id)
     assert 0 < funnel.totals["clicks"] <= stored.human
     assert funnel.conversion["click_to_signup"] is not None
+
+
+async def test_seed_demo_refuses_to_run_in_production(runtime: Runtime) -> None:
+    # Its staff accounts' password is in the source: in production anyone could sign in as admin.
+    production = dataclasses.replace(
+        runtime, settings=runtime.settings.model_copy(update={"env": Environment.production})
+    )
+
+    async def demo_accounts() -> int:
+        async with runtime.db.sessionmaker() as session:
+            return len(
+                list(await session.scalars(select(User.id).where(User.email.like("%@demo.referloop.dev"))))
+            )
+
+    before = await demo_accounts()
+    with pytest.raises(DemoRefused, match="production"):
+        await seed_demo(production)
+    assert await demo_accounts() == before

@@ -183,9 +183,15 @@ def create_staff(
 @app.command("seed-demo")
 def seed_demo() -> None:
     """Fill the database with demo members, staff and (as domains land) their data. Idempotent."""
+    from referloop.demo import DemoRefused
     from referloop.demo import seed_demo as run_seed
 
-    for line in with_runtime(run_seed):
+    try:
+        lines = with_runtime(run_seed)
+    except DemoRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    for line in lines:
         typer.echo(line)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from referloop.config import Environment
 from referloop.core.context import RequestContext
 from referloop.core.db import utcnow
 from referloop.core.ids import uuid7
@@ -74,7 +75,16 @@ async def seed_identity(session: AsyncSession, rt: Runtime) -> list[str]:
     return lines
 
 
+class DemoRefused(Exception):
+    """seed-demo in production: it makes staff accounts whose password is in this file."""
+
+
 async def seed_demo(rt: Runtime) -> list[str]:
+    if rt.settings.env is Environment.production:
+        raise DemoRefused(
+            "seed-demo refuses to run in production: it creates admin, finance and support accounts "
+            "with a published password, real-looking catalogue entries and releases wallet money"
+        )
     lines: list[str] = []
     async with rt.db.sessionmaker() as session, session.begin():
         for step in SEED_STEPS:
