@@ -66,6 +66,16 @@ def test_a_default_or_placeholder_secret_is_refused_by_name(
         Settings.model_validate({"env": env, **SERVICES, **SECRETS, **override})
 
 
+@pytest.mark.parametrize("setting", ["rate_limit_login", "rate_limit_code_guesses", "partner_rate_limit"])
+def test_a_rate_limit_that_is_not_one_refuses_to_start(setting: str) -> None:
+    # "20/min" used to start cleanly and answer every sign-in with a 500.
+    with pytest.raises(ValidationError, match="not a rate limit such as"):
+        Settings(env="test", **SERVICES, **SECRETS, **{setting: "20/min"})
+    assert (
+        getattr(Settings(env="test", **SERVICES, **SECRETS, **{setting: "20/minute"}), setting) == "20/minute"
+    )
+
+
 def test_production_also_needs_its_services() -> None:
     with pytest.raises(ValidationError, match="REFERLOOP_DATABASE_URL, REFERLOOP_REDIS_URL"):
         Settings.model_validate({"env": "production", **SECRETS})

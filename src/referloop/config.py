@@ -5,10 +5,25 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def valid_rate_limit(value: str) -> str:
+    """A limit in the `limits` library's notation, checked at start-up: a typo ("20/min") would
+    otherwise start cleanly and fail every request it applies to with a 500."""
+    from limits import parse
+
+    try:
+        parse(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a rate limit such as '20/minute' or '10/hour'") from None
+    return value
+
+
+RateLimit = Annotated[str, AfterValidator(valid_rate_limit)]
 
 
 class Environment(StrEnum):
@@ -107,15 +122,15 @@ class Settings(BaseSettings):
     # Rate limits, in the `limits` library's notation ("10/minute").
     rate_limit_enabled: bool = True
     """Turn every rate limit off (benchmarks only)."""
-    rate_limit_register: str = "10/hour"
+    rate_limit_register: RateLimit = "10/hour"
     """Sign-ups per IP address and per email/phone (`limits` notation, e.g. `10/hour`)."""
-    rate_limit_login: str = "20/minute"
+    rate_limit_login: RateLimit = "20/minute"
     """Sign-in attempts per IP and per account."""
-    rate_limit_refresh: str = "60/minute"
+    rate_limit_refresh: RateLimit = "60/minute"
     """Token refreshes per IP and per account."""
-    rate_limit_verify: str = "10/minute"
+    rate_limit_verify: RateLimit = "10/minute"
     """Code requests and confirmations per IP and per account."""
-    rate_limit_code_guesses: str = "20/day"
+    rate_limit_code_guesses: RateLimit = "20/day"
     """Codes tried per account and purpose (password reset, email or phone verification), whatever the number of codes sent: each code allows 5 tries, and this caps new codes as a way around that."""
     login_failures_before_delay: int = Field(default=5, ge=1)
     """Failed sign-ins to one account before each further failure locks it for 2, 4, 8 ... seconds."""
@@ -184,7 +199,7 @@ class Settings(BaseSettings):
     """Clicks written to PostgreSQL per flush."""
     click_claim_idle_seconds: float = Field(default=60.0, ge=0)  # a batch pending this long was orphaned
     """A click batch claimed but not acknowledged for this long is taken over by another flusher."""
-    rate_limit_referral_invite: str = "50/day"  # invitations a member may send
+    rate_limit_referral_invite: RateLimit = "50/day"  # invitations a member may send
     """Invitations a member may send."""
 
     # Funnel analytics: the click job reads clicks older than the settle delay (time for the flusher,
@@ -197,7 +212,7 @@ class Settings(BaseSettings):
     """Days of click counts the hourly recount repairs."""
 
     # Partner API: per-key rate limit (a key may carry its own), bulk CSV bounds.
-    partner_rate_limit: str = Field(
+    partner_rate_limit: RateLimit = Field(
         default="600/minute", description="Calls per partner API key (a key may carry its own limit)"
     )
     partner_csv_max_bytes: int = Field(

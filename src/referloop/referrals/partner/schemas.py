@@ -6,7 +6,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, get_args
 
-from limits import parse
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -18,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from referloop.config import valid_rate_limit
 from referloop.core.errors import FieldError
 from referloop.core.validation import AwareInstant, Email, Phone, StrictModel
 from referloop.referrals.lifecycle.models import ActorType, ReferralState
@@ -43,20 +43,12 @@ KeyName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
-def _rate_limit(value: str) -> str:
-    try:
-        parse(value)
-    except ValueError as exc:
-        raise ValueError("Give a rate limit such as `600/minute` or `20/second`.") from exc
-    return value
-
-
 RateLimitSpec = Annotated[
     str,
     StringConstraints(
         max_length=40, pattern=r"^[0-9]{1,6} ?(/|per) ?[0-9]{0,4} ?(second|minute|hour|day)s?$"
     ),
-    AfterValidator(_rate_limit),
+    AfterValidator(valid_rate_limit),
 ]
 
 
