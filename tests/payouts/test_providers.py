@@ -657,6 +657,27 @@ class TestStripeCreate:
         assert fake_stripe.balance_of(None, "usd") == platform_before - 42_00
         assert fake_stripe.balance_of(account, "usd") == 0
 
+    async def test_isk_is_sent_in_stripes_units_and_what_stripe_cannot_pay_is_refused_first(
+        self, stripe: StripeConnectProvider, fake_stripe: FakeStripe
+    ) -> None:
+        # ISK has no minor unit in ISO 4217, but Stripe counts it in hundredths: 5,000 kr is 500000.
+        account = fake_stripe.add_account()
+        request = stripe_request(account, currency="ISK", amount=5_000)
+        payout = await stripe.create_payout(request)
+        [transfer_call] = stripe_posts(fake_stripe, "/v1/transfers", f"{request.idempotency_key}-transfer")
+        [payout_call] = stripe_posts(fake_stripe, "/v1/payouts", f"{request.idempotency_key}-payout")
+        assert dict(parse_qsl(transfer_call.body.decode()))["amount"] == "500000"
+        assert dict(parse_qsl(payout_call.body.decode()))["amount"] == "500000"
+        assert (payout.amount, payout.currency) == (5_000, "ISK")  # back in our units
+
+        # Payouts in HUF are whole forints; three-decimal currencies end in 0. Refused before any call.
+        for currency, amount in (("HUF", 12_345), ("KWD", 1_001)):
+            bad = stripe_request(account, currency=currency, amount=amount)
+            with pytest.raises(PayoutRejected) as refused:
+                await stripe.create_payout(bad)
+            assert refused.value.no_payout_made
+            assert not stripe_posts(fake_stripe, "/v1/transfers", f"{bad.idempotency_key}-transfer")
+
     async def test_transfer_only_mode_returns_the_transfer_as_paid(self, fake_stripe: FakeStripe) -> None:
         provider = StripeConnectProvider(provider_settings(stripe=fake_stripe, stripe_connect_payouts=False))
         account = fake_stripe.add_account()

@@ -92,6 +92,34 @@ def _reference(obj: Mapping[str, Any]) -> str | None:
     return str(value) if value is not None else None
 
 
+# Where Stripe's amounts differ from ISO 4217 minor units (Stripe's "special cases" of currencies):
+# ISK is zero-decimal in ISO 4217 but two-decimal in Stripe's API (100 is 1 króna); payouts in HUF
+# and TWD must be whole units; amounts in three-decimal currencies must end in 0.
+_STRIPE_SCALE = {"ISK": 100}
+_PAYOUT_STEP = {"HUF": 100, "TWD": 100}
+_THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
+
+
+def to_stripe_amount(amount: int, currency: str) -> int:
+    """Our minor units (ISO 4217) in the units Stripe's API counts in."""
+    return amount * _STRIPE_SCALE.get(currency.upper(), 1)
+
+
+def from_stripe_amount(amount: int, currency: str) -> int:
+    return amount // _STRIPE_SCALE.get(currency.upper(), 1)
+
+
+def stripe_refusal(amount: int, currency: str, *, payout: bool) -> str | None:
+    """Why Stripe would refuse this amount (checked before any request), or None."""
+    code = currency.upper()
+    step = _PAYOUT_STEP.get(code, 1) if payout else 1
+    if step > 1 and amount % step:
+        return f"Stripe pays out {code} in whole units only; {amount} minor units is not one."
+    if code in _THREE_DECIMAL and amount % 10:
+        return f"Stripe takes {code} amounts that end in 0 (tens of its minor unit); {amount} does not."
+    return None
+
+
 def payout_from(obj: Mapping[str, Any], account: str | None) -> ProviderPayout:
     """A payout object; `account` is the connected account it lives on (None: the platform's)."""
     provider_status = str(obj.get("status", ""))
@@ -100,7 +128,7 @@ def payout_from(obj: Mapping[str, Any], account: str | None) -> ProviderPayout:
         provider_payout_id=f"{account}/{obj['id']}" if account else str(obj["id"]),
         status=normalize_status(provider_status),
         provider_status=provider_status,
-        amount=int(obj["amount"]),
+        amount=from_stripe_amount(int(obj["amount"]), str(obj["currency"])),
         currency=str(obj["currency"]).upper(),
         reference=_reference(obj),
         failure_code=obj.get("failure_code"),
@@ -118,7 +146,7 @@ def transfer_from(obj: Mapping[str, Any]) -> ProviderPayout:
         provider_payout_id=str(obj["id"]),
         status=PayoutStatus.reversed if reversed_ else PayoutStatus.paid,
         provider_status="reversed" if reversed_ else "created",
-        amount=int(obj["amount"]),
+        amount=from_stripe_amount(int(obj["amount"]), str(obj["currency"])),
         currency=str(obj["currency"]).upper(),
         reference=_reference(obj),
         created_at=_created(obj),
@@ -315,12 +343,16 @@ class StripeConnectProvider:
             raise UnsupportedPayout(
                 f"Stripe Connect pays connected accounts (acct_…), not {destination.kind}.", provider=NAME
             )
+        refusal = stripe_refusal(request.amount, request.currency, payout=self._connect_payouts)
+        if refusal:
+            raise PayoutRejected(refusal, provider=NAME, no_payout_made=True)
         currency = request.currency.lower()
+        amount = to_stripe_amount(request.amount, request.currency)
         metadata = {**request.metadata, REFERENCE_KEY: request.reference}
         transfer = await self._earlier_transfer(request) or await self._post(
             "/v1/transfers",
             {
-                "amount": request.amount,
+                "amount": amount,
                 "currency": currency,
                 "destination": destination.account_id,
                 "transfer_group": request.reference,
@@ -331,7 +363,7 @@ class StripeConnectProvider:
         if not self._connect_payouts:
             return transfer_from(transfer)
         params: dict[str, Any] = {
-            "amount": request.amount,
+            "amount": amount,
             "currency": currency,
             "method": self._payout_method,
             "destination": destination.external_account_id,
