@@ -210,7 +210,9 @@ class CampaignBudget(Base):
 
 class RewardCounter(Base):
     """Per referrer, campaign and period: `spend:<period>` (amount against the campaign's per-referrer
-    cap), `enrolments:<period>` (for tiers), `rule:<id>` (rewards of one rule, for its count cap)."""
+    cap), `enrolments:<period>` (for tiers), `rule:<id>` (rewards of one rule, for its count cap).
+    `period_start` comes from `budget.period_start`; for the `campaign` period it is a fixed instant
+    (`budget.CAMPAIGN_PERIOD_START`), never the editable `campaigns.starts_at`."""
 
     __tablename__ = "reward_counters"
 

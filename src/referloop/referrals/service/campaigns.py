@@ -204,7 +204,12 @@ async def update_campaign(
     for field in ("name", "description", "priority", "attribution_window_days"):
         if changes.get(field) is not None:
             setattr(campaign, field, changes[field])
-    if "starts_at" in changes and data.starts_at is not None:
+    if "starts_at" in changes and data.starts_at is not None and data.starts_at != campaign.starts_at:
+        # A campaign that has begun keeps its start: referrals were attributed and rewards paid by
+        # the window it had (a later start would leave them before it). Pausing or ending it is the
+        # way to stop it; a draft, or one whose start is still ahead, may move.
+        if campaign.state != CampaignState.draft.value and campaign.starts_at <= utcnow():
+            raise Conflict("This campaign has started: its starts_at cannot change (pause or end it).")
         campaign.starts_at = data.starts_at
     if "ends_at" in changes:
         campaign.ends_at = data.ends_at

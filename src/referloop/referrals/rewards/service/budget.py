@@ -16,10 +16,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.referrals.models import BudgetPeriod
 
-# Periods are calendar periods in UTC; `campaign` is the campaign's whole life (from starts_at).
+# Periods are calendar periods in UTC; `campaign` is the campaign's whole life. Its counters are
+# keyed by campaign already (`reward_counters.campaign_id`), so they all start at one fixed instant:
+# never at `starts_at`, which staff can edit (a new start would begin new counters at 0, resetting
+# every per-campaign cap, while voids kept decrementing the old rows). Migration
+# 0019_campaign_period_counters moved the rows kept under `starts_at` here.
+CAMPAIGN_PERIOD_START = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def period_start(period: BudgetPeriod | str, at: datetime, campaign_starts_at: datetime) -> datetime:
+def period_start(period: BudgetPeriod | str, at: datetime) -> datetime:
+    """The start of the `period` that `at` falls in: the one key that grants, bulk grants and the
+    charges recorded on a reward (which voids give back) all use."""
     at = at.astimezone(UTC)
     day = at.replace(hour=0, minute=0, second=0, microsecond=0)
     match BudgetPeriod(period):
@@ -32,7 +39,7 @@ def period_start(period: BudgetPeriod | str, at: datetime, campaign_starts_at: d
         case BudgetPeriod.year:
             return day.replace(month=1, day=1)
         case BudgetPeriod.campaign:
-            return campaign_starts_at.astimezone(UTC)
+            return CAMPAIGN_PERIOD_START
 
 
 _BUMP = text("""

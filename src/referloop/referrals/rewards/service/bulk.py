@@ -152,7 +152,7 @@ async def grant_many(
     wanted: set[CounterKey] = set()
     for _referral, reward, rule, campaign, _, _ in claimed:
         for counter, period in _counters(reward, rule, campaign):
-            start = budget.period_start(period, reward.reached_at, campaign.starts_at)
+            start = budget.period_start(period, reward.reached_at)
             wanted.add((campaign.id, reward.referrer_id, counter, start))
     values: dict[CounterKey, int] = {}
     driver = await raw_connection(session)
@@ -190,7 +190,7 @@ async def grant_many(
                 campaign.id,
                 reward.referrer_id,
                 counter,
-                budget.period_start(period, reward.reached_at, campaign.starts_at),
+                budget.period_start(period, reward.reached_at),
             )
             values[key] += 1  # counted whether or not a cap later refuses the reward
             enrolment_number = values[key]
@@ -220,7 +220,7 @@ async def grant_many(
         refused = None
         charges: list[tuple[CounterKey, int, dict[str, Any]]] = []
         for counter, period, delta, cap, reason in cap_checks(reward, rule, campaign, amount):
-            start = budget.period_start(period, reward.reached_at, campaign.starts_at)
+            start = budget.period_start(period, reward.reached_at)
             key = (campaign.id, reward.referrer_id, counter, start)
             if delta > cap or values[key] + delta > cap:
                 refused = reason

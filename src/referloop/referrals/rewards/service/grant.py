@@ -208,7 +208,7 @@ async def _charge_counters(
     charged: list[dict[str, Any]] = []
     checks = cap_checks(reward, rule, campaign, amount)
     for counter, period, delta, limit, reason in sorted(checks):  # a fixed lock order
-        start = budget.period_start(period, reward.reached_at, campaign.starts_at)
+        start = budget.period_start(period, reward.reached_at)
         value = await budget.bump_counter(
             session,
             campaign_id=campaign.id,
@@ -256,7 +256,7 @@ async def grant(session: AsyncSession, reward_id: uuid.UUID, *, skip_locked: boo
             campaign_id=campaign.id,
             member_id=reward.referrer_id,
             counter=counter,
-            period_start=budget.period_start(period, reward.reached_at, campaign.starts_at),
+            period_start=budget.period_start(period, reward.reached_at),
             delta=1,
             limit=None,
         )
