@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import dataclasses
+import os
+import secrets
 import subprocess
 import sys
+import uuid
 from typing import Any
 
 import pytest
 import typer.main
+from pydantic import SecretStr
+from sqlalchemy import update
 from typer.testing import CliRunner
 
 from referloop.cli import app
+from referloop.config import Settings
+from referloop.core.db import utcnow
+from referloop.core.ids import uuid7
+from referloop.core.security.fields import FieldCipher
+from referloop.identity.models import User
+from referloop.payouts.methods.models import PayoutMethod
+from referloop.payouts.methods.service import STRIPE_KIND, _store
+from referloop.runtime import Runtime
 
 # Wide and plain, so that option names are never wrapped or coloured apart.
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
@@ -67,3 +83,80 @@ def test_the_installed_command_answers_help() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout and "serve" in result.stdout
+
+
+def test_keys_rotate_reports_what_is_left_and_exits_1_until_nothing_is(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`keys rotate` over every table; an account added twice while the key changed is named, left
+    for staff, and the command exits 1 until it is resolved; then 0 (the old key can go)."""
+    current = settings.field_encryption_keys.get_secret_value()
+    new = f"rot{uuid.uuid4().hex[:6]}:{base64.urlsafe_b64encode(os.urandom(32)).decode()}"
+    member = uuid7()
+
+    def method(rt: Runtime, account: str) -> PayoutMethod:
+        made = PayoutMethod(id=uuid7(), member_id=member, label="x", status="active")
+        _store(
+            rt,
+            made,
+            STRIPE_KIND,
+            {"kind": STRIPE_KIND, "account_id": account},
+            "acct",
+            f"{STRIPE_KIND}:{account}",
+        )
+        return made
+
+    async def seed() -> tuple[uuid.UUID, uuid.UUID]:
+        rt = Runtime.build(settings)
+        rotated = dataclasses.replace(rt, cipher=FieldCipher.from_setting(f"{new},{current}"))
+        try:
+            async with rt.db.sessionmaker() as s, s.begin():
+                s.add(
+                    User(
+                        id=member,
+                        email=f"{member.hex}@example.com",
+                        password_hash="!",
+                        display_name="C",
+                        referral_code=secrets.token_hex(4).upper(),
+                    )
+                )
+                await s.flush()
+                old, twin = method(rt, "acct_cli"), method(rotated, "acct_cli")
+                s.add_all([old, twin])
+            return old.id, twin.id
+        finally:
+            await rt.close()
+
+    async def remove(method_id: uuid.UUID) -> None:
+        rt = Runtime.build(settings)
+        try:
+            async with rt.db.sessionmaker() as s, s.begin():
+                await s.execute(
+                    update(PayoutMethod).where(PayoutMethod.id == method_id).values(deleted_at=utcnow())
+                )
+        finally:
+            await rt.close()
+
+    def rotate(keys: str) -> Any:
+        monkeypatch.setattr(
+            "referloop.cli._settings",
+            lambda: settings.model_copy(update={"field_encryption_keys": SecretStr(keys)}),
+        )
+        return runner.invoke(app, ["keys", "rotate"], prog_name="referloop")
+
+    old, twin = asyncio.run(seed())
+    try:
+        result = rotate(f"{new},{current}")
+        assert result.exit_code == 1, result.output
+        assert f"payout method {old} of member {member}" in result.output and str(twin) in result.output
+        assert (
+            "payout_methods: re-encrypted" in result.output and "still under another key 1" in result.output
+        )
+        asyncio.run(remove(twin))
+        result = rotate(f"{new},{current}")
+        assert result.exit_code == 0, result.output
+        assert "the old key can be removed" in result.output
+    finally:
+        asyncio.run(remove(twin))
+        result = rotate(f"{current},{new}")
+        assert result.exit_code == 0, result.output

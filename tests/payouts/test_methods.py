@@ -5,12 +5,23 @@ import os
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import httpx
 from sqlalchemy import select, text
 
 from referloop.compliance.audit.models import AuditEntry
+from referloop.config import Settings
+from referloop.core.ids import uuid7
 from referloop.core.security.fields import FieldCipher, load_or_create_dev_field_key
-from referloop.payouts.methods.models import PayoutMethod
-from referloop.payouts.methods.service import decrypt_details, rotate_keys
+from referloop.payouts.methods.models import PayoutMethod, PayoutMethodStatus
+from referloop.payouts.methods.service import (
+    STRIPE_KIND,
+    _identity_of,
+    _store,
+    apply_account_update,
+    decrypt_details,
+    rotate_keys,
+)
+from referloop.payouts.providers.stripe import ConnectedAccount
 from referloop.runtime import Runtime
 from tests.factories import register_member
 
@@ -174,26 +185,160 @@ async def test_member_cannot_see_or_change_another_members_method(client):
     assert await _count_live(client, a) == 0
 
 
+def _current_keys(settings: Settings) -> str:
+    return settings.field_encryption_keys.get_secret_value() or load_or_create_dev_field_key(
+        settings.var_dir / "keys"
+    )
+
+
+def _new_key() -> str:
+    return f"rot{uuid.uuid4().hex[:6]}:{base64.urlsafe_b64encode(os.urandom(32)).decode()}"
+
+
+def _keys(runtime: Runtime, keys: str) -> Runtime:
+    return dataclasses.replace(runtime, cipher=FieldCipher.from_setting(keys))
+
+
+async def _stripe_method(runtime: Runtime, member_id: uuid.UUID, account_id: str) -> uuid.UUID:
+    """A Stripe account method waiting for onboarding, as `add_stripe_account` stores it."""
+    method = PayoutMethod(id=uuid7(), member_id=member_id, label="Stripe")
+    _store(
+        runtime,
+        method,
+        STRIPE_KIND,
+        {"kind": STRIPE_KIND, "account_id": account_id, "country": "US"},
+        "acct_••••",
+        _identity_of({"kind": STRIPE_KIND, "account_id": account_id}),
+    )
+    method.status = PayoutMethodStatus.pending_onboarding.value
+    async with runtime.db.sessionmaker() as s, s.begin():
+        s.add(method)
+    return method.id
+
+
 async def test_key_rotation_reencrypts_under_the_new_key(client, runtime, settings):
     m = await register_member(client)
     created = (await client.post("/v1/payout-methods", json=BANK, headers={**m.auth, **key()})).json()
-    current = settings.field_encryption_keys.get_secret_value() or load_or_create_dev_field_key(
-        settings.var_dir / "keys"
-    )
-    new_key = f"rot{uuid.uuid4().hex[:6]}:{base64.urlsafe_b64encode(os.urandom(32)).decode()}"
-    rotated = dataclasses.replace(runtime, cipher=FieldCipher.from_setting(f"{new_key},{current}"))
-    async with rotated.db.sessionmaker() as s, s.begin():
-        assert await rotate_keys(s, rotated) >= 1
+    current = _current_keys(settings)
+    new_key = _new_key()
+    rotated = _keys(runtime, f"{new_key},{current}")
+    result = await rotate_keys(rotated, batch=1)
+    assert result.rotated >= 1 and result.done, result
     async with rotated.db.sessionmaker() as s:
         row = await s.get(PayoutMethod, uuid.UUID(created["id"]))
         assert row is not None and row.key_id == rotated.cipher.primary_kid
         assert decrypt_details(rotated, row)["ifsc"] == "HDFC0001234"
-    # The old key can no longer read it; rotating back restores it for the rest of the run.
-    back = dataclasses.replace(runtime, cipher=FieldCipher.from_setting(f"{current},{new_key}"))
-    async with back.db.sessionmaker() as s, s.begin():
-        assert await rotate_keys(s, back) >= 1
+        assert decrypt_details(_keys(runtime, new_key), row)["ifsc"] == "HDFC0001234"
+    # Rotating back restores it for the rest of the run.
+    assert (await rotate_keys(_keys(runtime, f"{current},{new_key}"))).done
     shown = await client.get(f"/v1/payout-methods/{created['id']}", headers=m.auth)
     assert shown.json()["masked"] == "HDFC ••••5678"
+
+
+async def test_stripe_activates_a_method_fingerprinted_under_the_old_key(runtime, settings, client):
+    """While the new key is first, Stripe's `account.updated` still finds a method fingerprinted under
+    the old one; after the rotation, without the old key, too."""
+    member = uuid.UUID((await register_member(client)).id)
+    account_id = f"acct_{uuid.uuid4().hex[:16]}"
+    method_id = await _stripe_method(runtime, member, account_id)
+    current, new_key = _current_keys(settings), _new_key()
+    rotated = _keys(runtime, f"{new_key},{current}")
+
+    def update(transfers: str) -> ConnectedAccount:
+        return ConnectedAccount(
+            account_id=account_id,
+            member_id=str(member),
+            details_submitted=True,
+            payouts_enabled=True,
+            transfers=transfers,
+            disabled_reason=None,
+        )
+
+    try:
+        async with rotated.db.sessionmaker() as s, s.begin():
+            outcome = await apply_account_update(s, rotated, update("active"), datetime.now(UTC))
+        assert outcome == f"active: {method_id}"
+        assert (await rotate_keys(rotated)).done
+        new_only = _keys(runtime, new_key)
+        async with new_only.db.sessionmaker() as s, s.begin():
+            outcome = await apply_account_update(s, new_only, update("inactive"), datetime.now(UTC))
+        assert outcome == f"restricted: {method_id}"
+    finally:
+        await rotate_keys(_keys(runtime, f"{current},{new_key}"))
+
+
+async def test_the_same_account_cannot_be_added_again_while_a_new_key_is_first(client, settings, app_factory):
+    m = await register_member(client)
+    assert (
+        await client.post("/v1/payout-methods", json=BANK, headers={**m.auth, **key()})
+    ).status_code == 201
+    rotated = app_factory(field_encryption_keys=f"{_new_key()},{_current_keys(settings)}")
+    transport = httpx.ASGITransport(app=rotated)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as other:
+        r = await other.post("/v1/payout-methods", json=BANK, headers={**m.auth, **key()})
+    assert r.status_code == 409, r.text
+    assert r.json()["code"] == "duplicate_payout_method"
+
+
+async def test_a_rotation_leaves_an_account_added_twice_for_staff_and_rotates_the_rest(
+    client, runtime, settings
+):
+    """The same account added under the old and the new key (before duplicates were checked under
+    every key): the rotation names the pair, rotates everything else, and says it is not done."""
+    member = uuid.UUID((await register_member(client)).id)
+    current, new_key = _current_keys(settings), _new_key()
+    rotated = _keys(runtime, f"{new_key},{current}")
+    account = f"acct_{uuid.uuid4().hex[:16]}"
+    old = await _stripe_method(runtime, member, account)
+    twin = await _stripe_method(rotated, member, account)
+    other = await _stripe_method(runtime, member, f"acct_{uuid.uuid4().hex[:16]}")
+    try:
+        result = await rotate_keys(rotated, batch=1)
+        assert not result.done and result.remaining == 1, result
+        [conflict] = result.conflicts
+        assert str(old) in conflict and str(twin) in conflict
+        async with runtime.db.sessionmaker() as s:
+            rows = {
+                m.id: m.key_id
+                for m in await s.scalars(select(PayoutMethod).where(PayoutMethod.member_id == member))
+            }
+        assert rows == {
+            old: runtime.cipher.primary_kid,
+            twin: rotated.cipher.primary_kid,
+            other: rotated.cipher.primary_kid,
+        }
+        # Staff remove one of the two: the next run finishes.
+        async with runtime.db.sessionmaker() as s, s.begin():
+            await s.execute(text("UPDATE payout_methods SET deleted_at = now() WHERE id = :i"), {"i": twin})
+        again = await rotate_keys(rotated)
+        assert again.done and again.rotated == 1, again
+    finally:
+        async with runtime.db.sessionmaker() as s, s.begin():
+            await s.execute(text("UPDATE payout_methods SET deleted_at = now() WHERE id = :i"), {"i": twin})
+        await rotate_keys(_keys(runtime, f"{current},{new_key}"))
+
+
+async def test_a_rotation_waits_for_a_locked_method_instead_of_skipping_it(client, runtime, settings):
+    m = await register_member(client)
+    created = (await client.post("/v1/payout-methods", json=BANK, headers={**m.auth, **key()})).json()
+    current, new_key = _current_keys(settings), _new_key()
+    rotated = _keys(runtime, f"{new_key},{current}")
+    try:
+        async with runtime.db.sessionmaker() as holder, holder.begin():
+            # As a withdrawal in flight holds it.
+            await holder.execute(
+                text("SELECT 1 FROM payout_methods WHERE id = :i FOR UPDATE"), {"i": created["id"]}
+            )
+            rotation = asyncio.create_task(rotate_keys(rotated))
+            await asyncio.sleep(0.5)
+            assert not rotation.done()
+        result = await asyncio.wait_for(rotation, 30)
+        assert result.done, result
+        async with runtime.db.sessionmaker() as s:
+            row = await s.get(PayoutMethod, uuid.UUID(created["id"]))
+            assert row is not None and row.key_id == rotated.cipher.primary_kid
+    finally:
+        await rotate_keys(_keys(runtime, f"{current},{new_key}"))
 
 
 async def test_an_iban_bic_must_be_well_formed_and_of_the_ibans_country(client, runtime):

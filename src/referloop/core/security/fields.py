@@ -1,11 +1,18 @@
 """AES-256-GCM field encryption with a key id on each value, so keys can rotate.
 
 Stored form: ``v1.<kid>.<nonce b64url>.<ciphertext+tag b64url>``. The first configured key encrypts;
-any configured key decrypts. `referloop keys rotate` re-encrypts values under the first key."""
+any configured key decrypts. Blind indexes (keyed hashes for equality lookups) are written under the
+first key too, and looked up under every configured key (`blind_indexes`), so rows indexed under an
+older key still match while a rotation is under way.
+
+Rotating: put the new key first (keep the old ones after it), run `referloop keys rotate` until it
+reports nothing left under another key, then remove the old key."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -54,19 +61,39 @@ class FieldCipher:
             raise ValueError(f"cannot decrypt a value under key {kid!r}")
         return self._aead[kid].decrypt(_b64d(nonce), _b64d(ct), context.encode()).decode()
 
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """Every configured key id, the primary (encrypting) one first."""
+        return tuple(self._raw)
+
     def key_id_of(self, stored: str) -> str:
         return stored.split(".", 2)[1]
 
-    def blind_index(self, value: str, *, context: str) -> bytes:
-        """A keyed hash for finding equal values without decrypting them. It is keyed by the primary
-        key, so `referloop keys rotate` recomputes it along with the ciphertexts."""
-        import hashlib
-        import hmac
+    def is_primary(self, stored: str) -> bool:
+        """Whether `stored` is encrypted under the primary key (nothing for rotation to do)."""
+        return stored.startswith(f"v1.{self.primary_kid}.")
 
-        key = hmac.new(
-            self._raw[self.primary_kid], b"blind-index:" + context.encode(), hashlib.sha256
-        ).digest()
+    def blind_index(self, value: str, *, context: str) -> bytes:
+        """A keyed hash for finding equal values without decrypting them, keyed by the primary key:
+        what new rows store. Look rows up with `blind_indexes` (rows written before a key rotation
+        hold the index under an older key until `referloop keys rotate` recomputes it)."""
+        return self.blind_index_under(self.primary_kid, value, context=context)
+
+    def blind_indexes(self, value: str, *, context: str) -> list[bytes]:
+        """The index of `value` under every configured key, the primary one first: match a stored
+        index against all of them (SQL `IN`)."""
+        return [self.blind_index_under(kid, value, context=context) for kid in self._raw]
+
+    def blind_index_under(self, kid: str, value: str, *, context: str) -> bytes:
+        key = hmac.new(self._raw[kid], b"blind-index:" + context.encode(), hashlib.sha256).digest()
         return hmac.new(key, value.encode(), hashlib.sha256).digest()
+
+    def index_key_of(self, stored: bytes, value: str, *, context: str) -> str | None:
+        """The id of the configured key `stored` is the index of `value` under, if any."""
+        for kid in self._raw:
+            if hmac.compare_digest(bytes(stored), self.blind_index_under(kid, value, context=context)):
+                return kid
+        return None
 
 
 def load_or_create_dev_field_key(directory: Path) -> str:

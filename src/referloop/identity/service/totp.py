@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 
 import pyotp
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.core.db import utcnow
 from referloop.core.errors import Conflict, Forbidden
+from referloop.core.security.rotation import BATCH, RotationResult, reencrypt_columns
 from referloop.identity.models import Role, User
 from referloop.runtime import Runtime
 
@@ -66,18 +65,14 @@ def disable(rt: Runtime, user: User, code: str) -> bool:
     return True
 
 
-async def rotate_totp_secrets(session: AsyncSession, rt: Runtime) -> int:
-    """Re-encrypt TOTP secrets not under the primary field key (`referloop keys rotate`)."""
-    users = (
-        await session.scalars(
-            select(User).where(
-                User.totp_secret.is_not(None), ~User.totp_secret.like(f"v1.{rt.cipher.primary_kid}.%")
-            )
-        )
-    ).all()
-    for user in users:
-        assert user.totp_secret is not None
-        secret = rt.cipher.decrypt(user.totp_secret, context=_SECRET_CONTEXT)
-        user.totp_secret = rt.cipher.encrypt(secret, context=_SECRET_CONTEXT)
-    await session.flush()
-    return len(users)
+async def rotate_totp_secrets(rt: Runtime, batch: int = BATCH) -> RotationResult:
+    """Re-encrypt TOTP secrets not under the primary field key (`referloop keys rotate`), a batch per
+    transaction, each row locked (an enrolment meanwhile is re-read, not overwritten)."""
+    return await reencrypt_columns(
+        rt.db.sessionmaker,
+        rt.cipher,
+        User,
+        {"totp_secret": _SECRET_CONTEXT},
+        table="users.totp_secret",
+        batch=batch,
+    )

@@ -20,6 +20,7 @@ from referloop.core.context import RequestContext
 from referloop.core.db import utcnow
 from referloop.core.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from referloop.core.ids import uuid7
+from referloop.core.security.rotation import BATCH, RotationResult
 from referloop.identity.service.accounts import get_user
 from referloop.payouts.methods.models import PayoutMethod, PayoutMethodStatus
 from referloop.payouts.methods.schemas import (
@@ -129,7 +130,14 @@ def _stripe_masked(account_id: str) -> str:
 
 
 def _fingerprint(rt: Runtime, member_id: uuid.UUID, identity: str) -> bytes:
+    """The fingerprint to store (under the primary field key)."""
     return rt.cipher.blind_index(f"{member_id}:{identity}", context=_INDEX_CONTEXT)
+
+
+def _fingerprints(rt: Runtime, member_id: uuid.UUID, identity: str) -> list[bytes]:
+    """The fingerprints to look a method up by: under every configured key, so that methods written
+    before a key rotation still match until `referloop keys rotate` recomputes theirs."""
+    return rt.cipher.blind_indexes(f"{member_id}:{identity}", context=_INDEX_CONTEXT)
 
 
 def _public(method: PayoutMethod) -> dict[str, Any]:
@@ -156,24 +164,42 @@ async def _owned(
 
 def _store(
     rt: Runtime, method: PayoutMethod, kind: str, details: dict[str, Any], masked: str, identity: str
-) -> None:
+) -> str:
     method.kind = kind
     method.details_encrypted = rt.cipher.encrypt(orjson.dumps(details).decode(), context=_DETAILS_CONTEXT)
     method.key_id = rt.cipher.primary_kid
     method.masked = masked
     method.fingerprint = _fingerprint(rt, method.member_id, identity)
     method.usable_from = utcnow() + COOL_DOWN
+    return identity
 
 
-def _apply(rt: Runtime, method: PayoutMethod, data: PayoutMethodIn) -> None:
+def _apply(rt: Runtime, method: PayoutMethod, data: PayoutMethodIn) -> str:
     details, masked, identity = _describe(data)
     _store(rt, method, data.kind, details, masked, identity)
     method.label = data.label
     method.status = PayoutMethodStatus.active.value
     method.status_reported_at = None
+    return identity
 
 
-async def _flush_unique(session: AsyncSession) -> None:
+async def _flush_unique(session: AsyncSession, rt: Runtime, method: PayoutMethod, identity: str) -> None:
+    """Flush `method`, refusing a second live method with the same details. The unique index sees
+    only fingerprints under one key; while a key rotation is under way the member's methods are also
+    checked under every other configured key."""
+    with session.no_autoflush:
+        taken = await session.scalar(
+            select(PayoutMethod.id)
+            .where(
+                PayoutMethod.member_id == method.member_id,
+                PayoutMethod.fingerprint.in_(_fingerprints(rt, method.member_id, identity)),
+                PayoutMethod.deleted_at.is_(None),
+                PayoutMethod.id != method.id,
+            )
+            .limit(1)
+        )
+    if taken is not None:
+        raise DuplicatePayoutMethod("You have already added this payout method.")
     try:
         async with session.begin_nested():
             await session.flush()
@@ -195,9 +221,9 @@ async def add_method(
     """A bank account, IBAN, UPI id or PayPal email (a Stripe account: `add_stripe_account`)."""
     await _check_room(session, member_id)
     method = PayoutMethod(id=uuid7(), member_id=member_id)
-    _apply(rt, method, data)
+    identity = _apply(rt, method, data)
     session.add(method)
-    await _flush_unique(session)
+    await _flush_unique(session, rt, method, identity)
     await _audit_added(session, method, member_id, ctx)
     return method
 
@@ -233,8 +259,8 @@ async def replace_method(
             f"/v1/payout-methods/{method.id}/onboarding-link), or remove it and add another method."
         )
     before = _public(method)
-    _apply(rt, method, data)
-    await _flush_unique(session)
+    identity = _apply(rt, method, data)
+    await _flush_unique(session, rt, method, identity)
     await audit.record(
         session,
         action="payout_method.changed",
@@ -308,30 +334,62 @@ def decrypt_details(rt: Runtime, method: PayoutMethod) -> dict[str, Any]:
     return details
 
 
-async def rotate_keys(session: AsyncSession, rt: Runtime, batch: int = 500) -> int:
-    """Re-encrypt (and re-index) every method not under the primary key. Returns how many."""
-    done = 0
+async def rotate_keys(rt: Runtime, batch: int = BATCH) -> RotationResult:
+    """`referloop keys rotate` for payout methods: re-encrypt and re-fingerprint every method (live
+    or removed) not under the primary key, a batch per transaction, each row locked FOR UPDATE (a
+    method an in-flight withdrawal holds is waited for, not skipped). A method whose new fingerprint
+    is another live method's (the same account added twice while the key changed) is left as it
+    is and named in `conflicts`, for staff to remove one of the two."""
+    result = RotationResult("payout_methods")
+    primary = rt.cipher.primary_kid
+    after: uuid.UUID | None = None
     while True:
-        rows = (
-            await session.scalars(
+        async with rt.db.sessionmaker() as session, session.begin():
+            stmt = (
                 select(PayoutMethod)
-                .where(PayoutMethod.key_id != rt.cipher.primary_kid)
+                .where(PayoutMethod.key_id != primary)
                 .order_by(PayoutMethod.id)
                 .limit(batch)
-                .with_for_update(skip_locked=True)
+                .with_for_update()
+                .execution_options(populate_existing=True)
             )
-        ).all()
-        if not rows:
-            return done
-        for method in rows:
-            details = decrypt_details(rt, method)
-            method.details_encrypted = rt.cipher.encrypt(
-                orjson.dumps(details).decode(), context=_DETAILS_CONTEXT
-            )
-            method.key_id = rt.cipher.primary_kid
-            method.fingerprint = _fingerprint(rt, method.member_id, _identity_of(details))
-        await session.flush()
-        done += len(rows)
+            if after is not None:
+                stmt = stmt.where(PayoutMethod.id > after)
+            rows = (await session.scalars(stmt)).all()
+            after = rows[-1].id if rows else after
+            refingerprinted: dict[bytes, uuid.UUID] = {}  # live ones, in this batch (not flushed)
+            for method in rows:
+                details = decrypt_details(rt, method)
+                fingerprint = _fingerprint(rt, method.member_id, _identity_of(details))
+                if method.deleted_at is None:
+                    twin = refingerprinted.get(fingerprint) or await session.scalar(
+                        select(PayoutMethod.id).where(
+                            PayoutMethod.member_id == method.member_id,
+                            PayoutMethod.fingerprint == fingerprint,
+                            PayoutMethod.deleted_at.is_(None),
+                            PayoutMethod.id != method.id,
+                        )
+                    )
+                    if twin is not None:
+                        result.conflicts.append(
+                            f"payout method {method.id} of member {method.member_id} has the same "
+                            f"details as live method {twin}: remove one, then run this again"
+                        )
+                        continue
+                method.details_encrypted = rt.cipher.encrypt(
+                    orjson.dumps(details).decode(), context=_DETAILS_CONTEXT
+                )
+                method.key_id = primary
+                method.fingerprint = fingerprint
+                if method.deleted_at is None:
+                    refingerprinted[fingerprint] = method.id
+                result.rotated += 1
+        if len(rows) < batch:
+            break
+    async with rt.db.sessionmaker() as session:
+        left = await session.scalar(select(func.count()).where(PayoutMethod.key_id != primary))
+        result.remaining = left or 0
+    return result
 
 
 # -- Stripe Connect onboarding ------------------------------------------------------------------
@@ -405,7 +463,7 @@ async def add_stripe_account(
         await provider.aclose()
 
     method = PayoutMethod(id=uuid7(), member_id=member_id)
-    _store(
+    identity = _store(
         rt,
         method,
         STRIPE_KIND,
@@ -417,7 +475,7 @@ async def add_stripe_account(
     method.label = data.label
     method.status = PayoutMethodStatus.pending_onboarding.value
     session.add(method)
-    await _flush_unique(session)
+    await _flush_unique(session, rt, method, identity)
     await _audit_added(session, method, member_id, ctx)
     log.info("stripe_account_created", payout_method_id=str(method.id), member_id=str(member_id))
     return method, link
@@ -452,14 +510,14 @@ async def apply_account_update(
         member_id = uuid.UUID(account.member_id or "")
     except ValueError:
         return f"ignored: {account.account_id} is not an account we created for a member"
-    fingerprint = _fingerprint(
+    fingerprints = _fingerprints(
         rt, member_id, _identity_of({"kind": STRIPE_KIND, "account_id": account.account_id})
     )
     method = await session.scalar(
         select(PayoutMethod)
         .where(
             PayoutMethod.member_id == member_id,
-            PayoutMethod.fingerprint == fingerprint,
+            PayoutMethod.fingerprint.in_(fingerprints),
             PayoutMethod.kind == STRIPE_KIND,
             PayoutMethod.deleted_at.is_(None),
         )

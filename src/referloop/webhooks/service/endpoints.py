@@ -19,6 +19,7 @@ from referloop.config import Environment, Settings
 from referloop.core.context import RequestContext
 from referloop.core.db import utcnow
 from referloop.core.pagination import paginate_by_id_desc, split_page
+from referloop.core.security.rotation import BATCH, RotationResult, reencrypt_columns
 from referloop.runtime import Runtime
 from referloop.webhooks import signing
 from referloop.webhooks.errors import EndpointNotFound, EndpointUrlRefused
@@ -318,3 +319,16 @@ def signing_secrets(rt: Runtime, endpoint: WebhookEndpoint, now: datetime) -> li
     ):
         out.append(rt.cipher.decrypt(endpoint.previous_secret, context=SECRET_CONTEXT))
     return out
+
+
+async def rotate_secret_keys(rt: Runtime, batch: int = BATCH) -> RotationResult:
+    """Re-encrypt endpoint secrets (current and previous) not under the primary field key
+    (`referloop keys rotate`)."""
+    return await reencrypt_columns(
+        rt.db.sessionmaker,
+        rt.cipher,
+        WebhookEndpoint,
+        {"secret": SECRET_CONTEXT, "previous_secret": SECRET_CONTEXT},
+        table="webhook_endpoints.secret",
+        batch=batch,
+    )

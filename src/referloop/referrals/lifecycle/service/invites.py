@@ -23,7 +23,7 @@ from referloop.referrals.lifecycle.errors import DuplicateLead, SelfReferralRefu
 from referloop.referrals.lifecycle.models import ActorType, Referral, ReferralSource, ReferralState
 from referloop.referrals.lifecycle.schemas import InviteRequest
 from referloop.referrals.lifecycle.service import states
-from referloop.referrals.lifecycle.service.leads import seal_lead
+from referloop.referrals.lifecycle.service.leads import email_indexes, phone_indexes, seal_lead
 from referloop.referrals.service.campaigns import choose_campaign
 from referloop.referrals.service.catalogue import get_public_program
 from referloop.referrals.service.codes import link_slug, sharing_code
@@ -58,9 +58,9 @@ async def invite(
     indexes = [i for i in (lead.email_index, lead.phone_index) if i is not None]
     for key in sorted(_lock_key(program.id, i) for i in indexes):  # a fixed order: no deadlock
         await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-    matches = [Referral.email_index == lead.email_index] if lead.email_index else []
-    if lead.phone_index:
-        matches.append(Referral.phone_index == lead.phone_index)
+    matches = [Referral.email_index.in_(email_indexes(rt, data.email))] if data.email else []
+    if data.phone:
+        matches.append(Referral.phone_index.in_(phone_indexes(rt, data.phone)))
     taken = await session.scalar(
         select(Referral.id)
         .where(

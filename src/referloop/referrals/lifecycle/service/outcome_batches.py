@@ -21,7 +21,7 @@ from referloop.core.context import RequestContext
 from referloop.core.db import raw_connection, utcnow
 from referloop.referrals.lifecycle.models import FINAL_STATES, ActorType, ReferralState
 from referloop.referrals.lifecycle.service import outcomes, states
-from referloop.referrals.lifecycle.service.leads import email_index, phone_index
+from referloop.referrals.lifecycle.service.leads import email_indexes, phone_indexes
 from referloop.referrals.lifecycle.service.outcomes import (
     OUTCOME_WORDS,
     TARGETS,
@@ -147,10 +147,11 @@ SELECT i.idx,
         ORDER BY {_MATCH_ORDER} LIMIT {_CANDIDATES}) AS by_id,
   ARRAY(SELECT r.id FROM referrals r WHERE r.click_id = i.click AND {_MATCH_SCOPE}
         ORDER BY {_MATCH_ORDER} LIMIT {_CANDIDATES}) AS by_click,
-  ARRAY(SELECT r.id FROM referrals r WHERE (r.email_index = i.em OR r.phone_index = i.ph) AND {_MATCH_SCOPE}
+  ARRAY(SELECT r.id FROM referrals r WHERE (r.email_index = ANY((CAST($5 AS bytea[]))[i.n:i.n])
+        OR r.phone_index = ANY((CAST($6 AS bytea[]))[i.n:i.n])) AND {_MATCH_SCOPE}
         ORDER BY {_MATCH_ORDER} LIMIT {_CANDIDATES}) AS by_contact
-FROM unnest(CAST($2 AS int[]), CAST($3 AS uuid[]), CAST($4 AS uuid[]), CAST($5 AS bytea[]),
-            CAST($6 AS bytea[]), CAST($7 AS uuid[])) AS i(idx, rid, click, em, ph, prog)
+FROM unnest(CAST($2 AS int[]), CAST($3 AS uuid[]), CAST($4 AS uuid[]), CAST($7 AS uuid[]))
+    WITH ORDINALITY AS i(idx, rid, click, prog, n)
 """  # noqa: S608 - fixed text
 
 
@@ -291,14 +292,16 @@ async def apply_partner_outcomes(
                 results[i] = OutcomeResult("not_found", None, None, "no such program at this university")
         work = [i for i in work if results[i] is None]
 
+    no_index: list[bytes | None] = [None] * len(rt.cipher.key_ids)
     rows = await driver.fetch(
         _MATCH_MANY,
         university,
         work,
         [reports[i].referral_id for i in work],
         [parse_click(reports[i].click_id) for i in work],
-        [email_index(rt, e) if (e := reports[i].email) else None for i in work],
-        [phone_index(rt, p) if (p := reports[i].phone) else None for i in work],
+        # One row per item: its indexes under every configured key (a key rotation may be under way).
+        [email_indexes(rt, e) if (e := reports[i].email) else no_index for i in work],
+        [phone_indexes(rt, p) if (p := reports[i].phone) else no_index for i in work],
         [reports[i].program_id for i in work],
     )
     match: dict[int, uuid.UUID] = {}

@@ -53,7 +53,7 @@ from referloop.referrals.lifecycle.models import (
     ReferralState,
 )
 from referloop.referrals.lifecycle.service import states
-from referloop.referrals.lifecycle.service.leads import email_index, phone_index
+from referloop.referrals.lifecycle.service.leads import email_index, email_indexes, phone_index, phone_indexes
 from referloop.referrals.models import Program
 from referloop.referrals.service.campaigns import choose_campaign
 from referloop.referrals.service.clicks import find_click
@@ -182,9 +182,9 @@ async def _find(session: AsyncSession, rt: Runtime, report: OutcomeReport) -> Re
         probes.append(Referral.click_id == click)
     contact = []
     if report.email:
-        contact.append(Referral.email_index == email_index(rt, report.email))
+        contact.append(Referral.email_index.in_(email_indexes(rt, report.email)))
     if report.phone:
-        contact.append(Referral.phone_index == phone_index(rt, report.phone))
+        contact.append(Referral.phone_index.in_(phone_indexes(rt, report.phone)))
     if contact:
         probes.append(or_(*contact))
     for probe in probes:

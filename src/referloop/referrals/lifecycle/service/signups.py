@@ -26,7 +26,13 @@ from referloop.core.errors import NotFound
 from referloop.identity.service.accounts import get_user
 from referloop.referrals.lifecycle.models import Referral, ReferralSource, ReferralState
 from referloop.referrals.lifecycle.service import states
-from referloop.referrals.lifecycle.service.leads import email_index, masked_name, phone_index
+from referloop.referrals.lifecycle.service.leads import (
+    email_index,
+    email_indexes,
+    masked_name,
+    phone_index,
+    phone_indexes,
+)
 from referloop.referrals.lifecycle.service.outcomes import lock_click
 from referloop.referrals.service.catalogue import get_program
 from referloop.runtime import Runtime
@@ -85,7 +91,10 @@ async def on_signup_attributed(
     covered: set[uuid.UUID | None] = {r.program_id for r in prior}
     same_person = [
         c
-        for c in (Referral.email_index == ei if ei else None, Referral.phone_index == pi if pi else None)
+        for c in (
+            Referral.email_index.in_(email_indexes(rt, referee.email)) if referee.email else None,
+            Referral.phone_index.in_(phone_indexes(rt, referee.phone)) if referee.phone else None,
+        )
         if c is not None
     ]
     theirs = []
