@@ -147,7 +147,7 @@ async def end_session(
     "/auth/verify/{channel}/request",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
-    responses=problem_responses(401, 409, 429),
+    responses=problem_responses(401, 409, 429, 503),
 )
 async def request_verification(
     channel: Literal["email", "phone"],

@@ -153,7 +153,13 @@ async def test_an_applicant_the_partner_reported_from_a_click_who_then_signs_up_
     client: httpx.AsyncClient, runtime: Runtime, admin: Admin
 ) -> None:
     cat = await make_catalogue(
-        client, admin, rules=[fixed("applied", "referrer", 5_000), fixed("enrolled", "referrer", 100_000)]
+        client,
+        admin,
+        rules=[
+            fixed("signed_up", "referrer", 1_000),
+            fixed("applied", "referrer", 5_000),
+            fixed("enrolled", "referrer", 100_000),
+        ],
     )
     referrer = await register_member(client)
     click_id = await share_click(client, referrer, cat.program_id)
@@ -180,6 +186,7 @@ async def test_an_applicant_the_partner_reported_from_a_click_who_then_signs_up_
     ] == [
         ("applied", "referrer", "pending"),
         ("enrolled", "referrer", "pending"),
+        ("signed_up", "referrer", "pending"),  # the sign-up came after the application: still paid
     ]
     detail = (await client.get(f"/v1/referrals/{applied.referral_id}", headers=referrer.auth)).json()
     assert [t["to_state"] for t in detail["timeline"]] == ["invited", "applied", "applied", "enrolled"]

@@ -104,7 +104,7 @@ async def on_signup_attributed(
         # A partner may have reported this click's application already (a referral with no referee):
         # the one lock a report naming this click takes too, so the two never make one each.
         await lock_click(session, click_id)
-        theirs.append(and_(Referral.click_id == click_id, Referral.state != ReferralState.expired.value))
+        theirs.append(and_(Referral.click_id == click_id, _underlying_in(_LIVE)))
     if theirs:
         taken = list(
             await session.scalars(
@@ -134,11 +134,14 @@ async def on_signup_attributed(
                 )
             else:
                 # Further along already (the partner reported the application first): never moved
-                # back, and no milestone queued again; the history notes the sign-up.
+                # back; the history notes the sign-up, and the sign-up's own rewards (and the new
+                # referee's of the milestones already reached) are queued, once per milestone and role.
+                referral.signed_up_at = referral.signed_up_at or at
                 await session.flush()
                 await states.note(
                     session, referral, actor=states.SYSTEM, reason=f"signed up through {via}", at=at
                 )
+                await states.queue_reached_milestones(session, referral)
             done.append(referral.id)
         covered |= {r.program_id for r in taken}
 
