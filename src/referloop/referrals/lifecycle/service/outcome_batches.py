@@ -326,10 +326,12 @@ async def apply_partner_outcomes(
             rare.add(i)
             rare_refs.update(found)
 
-    # Clicks that may make a referral, locked in a fixed order before any referral row (as one
-    # report does): two batches, or a batch and a report, naming one click never deadlock on it.
-    for click in sorted({c for i in rare if (c := parse_click(reports[i].click_id)) is not None}):
-        await outcomes.lock_click(session, click)
+    # Every click the batch names, locked in one statement and in click order before any referral
+    # row (as one report and a sign-up take them): an item found rare only after the rows are
+    # locked below still reaches the item path, which takes its click's lock again (already held).
+    await outcomes.lock_clicks(
+        session, [c for i in work if (c := parse_click(reports[i].click_id)) is not None]
+    )
     locked: dict[uuid.UUID, _Row] = {}
     targets = sorted({ref for i, ref in match.items() if i not in rare and ref not in rare_refs})
     if targets:

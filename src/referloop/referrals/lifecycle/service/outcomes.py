@@ -156,6 +156,18 @@ def parse_click(value: str | None) -> uuid.UUID | None:
 _LOCK_BY_NAME = text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))")
 
 
+# The same lock as `lock_click`, for many clicks in one round trip, taken in click order.
+_LOCK_CLICKS = text(
+    "SELECT count(pg_advisory_xact_lock(hashtextextended('referrals.click:' || CAST(c AS text), 0)))"
+    " FROM (SELECT c FROM unnest(CAST(:clicks AS uuid[])) AS u(c) ORDER BY c) AS ordered"
+)
+
+
+async def lock_clicks(session: AsyncSession, click_ids: list[uuid.UUID]) -> None:
+    if click_ids:
+        await session.execute(_LOCK_CLICKS, {"clicks": sorted(set(click_ids))})
+
+
 async def lock_click(session: AsyncSession, click_id: uuid.UUID) -> None:
     """Serialise, until the transaction ends, whatever may make or adopt the referral of one click
     (partner reports naming it, the sign-up it attributed). Not a unique index on `click_id`: a
