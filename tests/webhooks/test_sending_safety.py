@@ -161,6 +161,13 @@ async def test_production_refuses_urls_that_reach_private_addresses(
         "https://localhost/hooks",
         "https://localhost./hooks",
         f"https://{name}/hooks",
+        # IPv6 forms that carry a private IPv4 address (NAT64, 6to4, IPv4-compatible)
+        "https://[64:ff9b::a00:1]/hooks",
+        "https://[2002:7f00:1::]/hooks",
+        "https://[::127.0.0.1]/hooks",
+        # Names a resolver cannot take (a 500 before): an over-long label, an empty one
+        f"https://{'a' * 64}.example.com/hooks",
+        "https://a..example.com/hooks",
     ):
         r = await prod.post(STAFF, json={"url": url, "university_id": university["id"]}, headers=admin.auth)
         assert r.status_code == 422, (url, r.text)

@@ -31,11 +31,32 @@ def allows_private(settings: Settings) -> bool:
     return settings.env is not Environment.production
 
 
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries to (IPv4-mapped, 6to4, Teredo, NAT64, IPv4-compatible):
+    `64:ff9b::a00:1` reaches 10.0.0.1 through a NAT64 gateway, though it is "global" itself."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if any(address in net for net in (*_NAT64, _IPV4_COMPATIBLE)):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def is_public(address: str) -> bool:
     try:
-        return ipaddress.ip_address(address.split("%", 1)[0]).is_global
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and (inner := _embedded_ipv4(ip)) is not None:
+        return ip.is_global and inner.is_global if ip.ipv4_mapped is None else inner.is_global
+    return ip.is_global
 
 
 def non_canonical_ip(host: str) -> bool:

@@ -98,6 +98,8 @@ async def check_url(url: str, settings: Settings) -> str:
                 addresses = await egress.resolve(host, port or 443)
         except (OSError, TimeoutError):
             addresses = []  # not resolvable (yet): the sender's check decides at send time
+        except (UnicodeError, ValueError) as exc:  # a label over 63 characters, an empty label
+            raise EndpointUrlRefused("The URL's host is not a valid name.") from exc
     if not all(egress.is_public(a) for a in addresses):
         raise EndpointUrlRefused("The URL must not point at a private or reserved address.")
     return url
