@@ -293,6 +293,38 @@ async def test_a_broker_that_stops_confirming_costs_no_event_a_try(
         await proxy.close()
 
 
+async def test_an_event_that_alone_times_out_while_others_are_confirmed_counts_a_try(
+    runtime: Runtime, broker_ns: BrokerNamespace, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The broker is answering (it confirmed the other event): one event whose publish keeps timing
+    # out must use up its tries, not hold the relay back for good as if the broker had stalled.
+    rt = dataclasses.replace(
+        runtime, settings=broker_ns.settings(runtime.settings, [], outbox_backoff_base_seconds=0.01)
+    )
+    relay = Relay(rt)
+    stuck = await enqueue_committed(rt, f"test.{unique}.stuck", {"k": "v"})
+    fine = await enqueue_committed(rt, f"test.{unique}.fine", {"k": "v"})
+    publish = Relay._publish
+
+    async def publish_or_time_out(self: Relay, exchange: Any, event: OutboxEvent) -> None:
+        if event.id == stuck:
+            raise TimeoutError
+        await publish(self, exchange, event)
+
+    monkeypatch.setattr(Relay, "_publish", publish_or_time_out)
+    try:
+        await run_until_published(relay.relay_once, rt, fine)
+        await until(lambda: _attempts_at_least(rt, stuck, 1))
+        row = await load_event(rt, stuck)
+        assert row.published_at is None and row.last_error is not None
+    finally:
+        await relay.close()
+
+
+async def _attempts_at_least(rt: Runtime, event_id: uuid.UUID, n: int) -> bool:
+    return (await load_event(rt, event_id)).attempts >= n
+
+
 # --- consumers on RabbitMQ -----------------------------------------------------------------------------
 
 

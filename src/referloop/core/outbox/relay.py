@@ -6,7 +6,7 @@ broker confirmed but before the commit republishes those rows later: consumers' 
 harmless. A broker that is down is not the events' fault, so such a batch is released without counting
 a try (else a long outage would exhaust every row's tries). Nor is a broker that stops confirming
 (a memory or disk alarm blocks publishers while the connection stays up): a publish that timed out
-is not counted either; the confirmed rows of its batch are kept, and the relay reconnects after a pause."""
+is not counted either when no publish of its batch was confirmed; the relay reconnects after a pause."""
 
 from __future__ import annotations
 
@@ -91,8 +91,15 @@ class Relay:
                 raise BrokerUnavailableError(short_error(failed[0][1]))
             published = [e.id for e, r in zip(events, results, strict=True) if r is None]
             await mark_published(session, published)
-            stalled = [e for e, exc in failed if isinstance(exc, TimeoutError)]
-            failed = [(e, exc) for e, exc in failed if not isinstance(exc, TimeoutError)]
+            # Every publish timed out: the broker stopped confirming, which is no event's fault. Some
+            # were confirmed: the broker is answering, and an event that still timed out counts a try
+            # (else one such event, always first in line, would stall the relay for good).
+            stalled = (
+                [e for e, _ in failed]
+                if not published and all(isinstance(exc, TimeoutError) for _, exc in failed)
+                else []
+            )
+            failed = [] if stalled else failed
             for event, exc in failed:
                 record_failure(event, exc, settings)
                 log.warning(
