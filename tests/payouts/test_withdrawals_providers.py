@@ -580,6 +580,32 @@ class TestStripe:
         assert await balance(stp.rt, member.id, "USD") == ledger.MemberBalance("USD", 0, 10_000, 0)
         await assert_reconciles(stp.rt)
 
+    async def test_a_transfer_whose_payout_step_never_happened_is_reversed_before_the_money_comes_back(
+        self, stp: Setup, fake_stripe: FakeStripe
+    ) -> None:
+        # The transfer reached the member's connected account, the payout step got only 5xx, and the
+        # member removed the method meanwhile: failing the withdrawal used to credit the wallet while
+        # the transfer stayed on the account (paid twice).
+        account = fake_stripe.add_account()
+        member = await stp.member_with(6_000, "USD")
+        method_id = await stripe_method(stp.rt, member.id, account)
+        w = await stp.withdrawal(member, method_id, 6_000, "USD")
+        fake_stripe.fail_next(500, count=stp.rt.settings.payout_provider_max_attempts, path="/v1/payouts")
+        with pytest.raises(ProviderUnavailable):
+            await run_submissions(stp.rt, w["id"])
+        [transfer] = [t for t in fake_stripe.transfers.values() if t["transfer_group"] == w["id"]]
+        assert fake_stripe.balance_of(account, "usd") == 6_000  # on the member's Stripe account
+        r = await stp.client.delete(f"/v1/payout-methods/{method_id}", headers=member.auth)
+        assert r.status_code == 204, r.text
+
+        assert await run_submissions(stp.rt, w["id"]) == 1  # the outbox's next try
+        view = await stp.staff_view(await stp.staff(), w["id"])
+        assert view["state"] == "failed", view
+        assert fake_stripe.transfers[transfer["id"]]["reversed"] is True
+        assert fake_stripe.balance_of(account, "usd") == 0
+        assert await balance(stp.rt, member.id, "USD") == ledger.MemberBalance("USD", 0, 6_000, 0)
+        await assert_reconciles(stp.rt)
+
     async def test_a_refused_payout_step_reverses_the_transfer_and_fails(
         self, stp: Setup, fake_stripe: FakeStripe
     ) -> None:

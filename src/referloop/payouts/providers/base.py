@@ -188,6 +188,15 @@ class PayoutProvider(Protocol):
         own account do nothing. Raises a PermanentProviderError when it cannot be brought back."""
         ...
 
+    async def reclaim_unsent(
+        self, reference: str, *, metadata: Mapping[str, str], idempotency_key: str
+    ) -> None:
+        """Bring back what an attempt (its `metadata`) moved before its payout was made, before the
+        withdrawal fails and the member's wallet is credited again. Stripe Connect: a transfer to
+        the connected account whose payout step never happened is reversed. Providers that move
+        nothing before the payout do nothing. Raises a PermanentProviderError when it cannot."""
+        ...
+
     def verify_webhook(self, headers: Mapping[str, str], raw_body: bytes) -> WebhookEvent:
         """Check the signature over the raw body and parse it; raise WebhookVerificationError if the
         signature (or its timestamp) is not right. Header names are case-insensitive."""

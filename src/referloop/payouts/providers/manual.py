@@ -95,6 +95,11 @@ class ManualProvider:
     def verify_webhook(self, headers: Mapping[str, str], raw_body: bytes) -> WebhookEvent:
         raise WebhookVerificationError("The manual payout provider receives no webhooks.")
 
+    async def reclaim_unsent(
+        self, reference: str, *, metadata: Mapping[str, str], idempotency_key: str
+    ) -> None:
+        return None  # nothing moves before staff pay by hand
+
     async def reclaim_returned(self, payout: ProviderPayout, *, idempotency_key: str, reference: str) -> None:
         return None  # a payout marked failed by staff took nothing out
 

@@ -147,6 +147,11 @@ class RazorpayXProvider:
             transport=transport,
         )
 
+    async def reclaim_unsent(
+        self, reference: str, *, metadata: Mapping[str, str], idempotency_key: str
+    ) -> None:
+        return None  # a payout is the first thing RazorpayX is asked to move
+
     async def reclaim_returned(self, payout: ProviderPayout, *, idempotency_key: str, reference: str) -> None:
         return None  # a failed or reversed payout returns to our RazorpayX account
 

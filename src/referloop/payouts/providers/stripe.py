@@ -422,6 +422,28 @@ class StripeConnectProvider:
                 provider=NAME,
                 no_payout_made=False,
             )
+        await self._reverse_unless_reversed(
+            str(transfer_id), idempotency_key=idempotency_key, reference=reference
+        )
+
+    async def reclaim_unsent(
+        self, reference: str, *, metadata: Mapping[str, str], idempotency_key: str
+    ) -> None:
+        """An attempt whose transfer reached the connected account but whose payout step never
+        happened (a 5xx, then the method was removed): reverse that transfer."""
+        listed = await self._http.request(
+            "GET", "/v1/transfers", params={"transfer_group": reference, "limit": "100"}
+        )
+        for transfer in listed.get("data", []):
+            made_for = transfer.get("metadata") or {}
+            if not transfer.get("reversed") and all(made_for.get(k) == v for k, v in metadata.items()):
+                await self._reverse_unless_reversed(
+                    str(transfer["id"]), idempotency_key=idempotency_key, reference=reference
+                )
+
+    async def _reverse_unless_reversed(
+        self, transfer_id: str, *, idempotency_key: str, reference: str
+    ) -> None:
         transfer = await self._http.request("GET", f"/v1/transfers/{transfer_id}")
         if transfer.get("reversed"):
             return  # taken back already: an earlier try whose answer was lost, or the refusal path

@@ -130,17 +130,22 @@ async def submit(
             await transition(own, w, WithdrawalState.processing, SYSTEM)
         elif not sent_before or w.provider_payout_id is not None:
             return f"skipped: the withdrawal is {w.state}"
+        cannot_pay: CannotPay | None = None
         if not sent_before or provider_checked:
             try:
                 request = await build_request(own, rt, w)
             except CannotPay as exc:
-                await _fail(own, w, SYSTEM, code=exc.code, message=str(exc))
-                return "failed: " + str(exc)
-        provider_name = w.provider
+                if not sent_before:
+                    await _fail(own, w, SYSTEM, code=exc.code, message=str(exc))
+                    return "failed: " + str(exc)
+                cannot_pay = exc  # sent before: what it moved comes back first (below)
+        provider_name, provider_key = w.provider, w.provider_key
     if sent_before and not provider_checked:
         from referloop.payouts.withdrawals.service.sync import sync_one  # it calls back here
 
         return "looked up first: " + await sync_one(rt, withdrawal_id)
+    if cannot_pay is not None:
+        return await _abandon(session, rt, withdrawal_id, attempt, provider_name, provider_key, cannot_pay)
 
     provider = build_payout_provider(rt.settings, provider_name)
     try:
@@ -174,6 +179,36 @@ async def submit(
     if w.attempt != attempt:
         return "skipped: superseded while the provider answered"
     return await apply_report(session, rt, w, report, SYSTEM)
+
+
+async def _abandon(
+    session: AsyncSession,
+    rt: Runtime,
+    withdrawal_id: uuid.UUID,
+    attempt: int,
+    provider_name: str,
+    provider_key: str,
+    cannot_pay: CannotPay,
+) -> str:
+    """Fail an attempt sent before that can no longer be paid (its method was removed or changed),
+    once the provider has given back whatever the attempt moved (the provider has no payout of it:
+    `payouts sync` looked). Refused: it stays processing, for staff."""
+    provider = build_payout_provider(rt.settings, provider_name)
+    try:
+        await provider.reclaim_unsent(
+            str(withdrawal_id), metadata={ATTEMPT_KEY: str(attempt)}, idempotency_key=provider_key
+        )
+    except PermanentProviderError as exc:
+        await note_error(rt, withdrawal_id, exc)
+        log.error("payout_attempt_not_reclaimed", withdrawal_id=str(withdrawal_id), error=exc.detail)
+        return "unknown: " + exc.detail
+    finally:
+        await provider.aclose()
+    w = await lock(session, withdrawal_id)
+    if w.attempt != attempt or w.state != WithdrawalState.processing.value or w.provider_payout_id:
+        return f"skipped: the withdrawal is {w.state}"
+    await _fail(session, w, SYSTEM, code=cannot_pay.code, message=str(cannot_pay))
+    return "failed: " + str(cannot_pay)
 
 
 async def note_error(rt: Runtime, withdrawal_id: uuid.UUID, exc: PayoutProviderError) -> None:
