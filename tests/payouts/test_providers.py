@@ -670,8 +670,15 @@ class TestStripeCreate:
         assert dict(parse_qsl(payout_call.body.decode()))["amount"] == "500000"
         assert (payout.amount, payout.currency) == (5_000, "ISK")  # back in our units
 
-        # Payouts in HUF are whole forints; three-decimal currencies end in 0. Refused before any call.
-        for currency, amount in (("HUF", 12_345), ("KWD", 1_001)):
+        # MGA has two decimals in ISO 4217 and none at Stripe: 7,000.00 Ar is 7000.
+        mga = stripe_request(account, currency="MGA", amount=700_000)
+        assert (await stripe.create_payout(mga)).amount == 700_000
+        [mga_call] = stripe_posts(fake_stripe, "/v1/transfers", f"{mga.idempotency_key}-transfer")
+        assert dict(parse_qsl(mga_call.body.decode()))["amount"] == "7000"
+
+        # Payouts in HUF are whole forints, MGA has no fractions at Stripe, three-decimal currencies
+        # end in 0. Refused before any call.
+        for currency, amount in (("HUF", 12_345), ("MGA", 700_050), ("KWD", 1_001)):
             bad = stripe_request(account, currency=currency, amount=amount)
             with pytest.raises(PayoutRejected) as refused:
                 await stripe.create_payout(bad)

@@ -92,26 +92,33 @@ def _reference(obj: Mapping[str, Any]) -> str | None:
     return str(value) if value is not None else None
 
 
-# Where Stripe's amounts differ from ISO 4217 minor units (Stripe's "special cases" of currencies):
-# ISK is zero-decimal in ISO 4217 but two-decimal in Stripe's API (100 is 1 króna); payouts in HUF
-# and TWD must be whole units; amounts in three-decimal currencies must end in 0.
-_STRIPE_SCALE = {"ISK": 100}
+# Where Stripe's amounts differ from ISO 4217 minor units (Stripe's "special cases" and its list of
+# zero-decimal currencies): ISK has no minor unit in ISO 4217 but counts in hundredths in Stripe's
+# API (100 is 1 króna); MGA has two decimals in ISO 4217 but none in Stripe's API. Payouts in HUF and
+# TWD must be whole units; amounts in three-decimal currencies must end in 0.
+_STRIPE_SHIFT = {"ISK": 2, "MGA": -2}  # Stripe's decimals minus ISO 4217's
 _PAYOUT_STEP = {"HUF": 100, "TWD": 100}
 _THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
 
 
 def to_stripe_amount(amount: int, currency: str) -> int:
-    """Our minor units (ISO 4217) in the units Stripe's API counts in."""
-    return amount * _STRIPE_SCALE.get(currency.upper(), 1)
+    """Our minor units (ISO 4217) in the units Stripe's API counts in (exact: see stripe_refusal)."""
+    shift = _STRIPE_SHIFT.get(currency.upper(), 0)
+    return amount * 10**shift if shift >= 0 else amount // 10**-shift
 
 
 def from_stripe_amount(amount: int, currency: str) -> int:
-    return amount // _STRIPE_SCALE.get(currency.upper(), 1)
+    shift = _STRIPE_SHIFT.get(currency.upper(), 0)
+    return amount // 10**shift if shift >= 0 else amount * 10**-shift
 
 
 def stripe_refusal(amount: int, currency: str, *, payout: bool) -> str | None:
-    """Why Stripe would refuse this amount (checked before any request), or None."""
+    """Why Stripe would refuse this amount, or could not carry it exactly (checked before any
+    request), or None."""
     code = currency.upper()
+    shift = _STRIPE_SHIFT.get(code, 0)
+    if shift < 0 and amount % 10**-shift:
+        return f"Stripe takes {code} in whole units only; {amount} minor units is not one."
     step = _PAYOUT_STEP.get(code, 1) if payout else 1
     if step > 1 and amount % step:
         return f"Stripe pays out {code} in whole units only; {amount} minor units is not one."
