@@ -104,12 +104,14 @@ _THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
 def to_stripe_amount(amount: int, currency: str) -> int:
     """Our minor units (ISO 4217) in the units Stripe's API counts in (exact: see stripe_refusal)."""
     shift = _STRIPE_SHIFT.get(currency.upper(), 0)
-    return amount * 10**shift if shift >= 0 else amount // 10**-shift
+    scale = int(10 ** abs(shift))
+    return amount * scale if shift >= 0 else amount // scale
 
 
 def from_stripe_amount(amount: int, currency: str) -> int:
     shift = _STRIPE_SHIFT.get(currency.upper(), 0)
-    return amount // 10**shift if shift >= 0 else amount * 10**-shift
+    scale = int(10 ** abs(shift))
+    return amount // scale if shift >= 0 else amount * scale
 
 
 def stripe_refusal(amount: int, currency: str, *, payout: bool) -> str | None:
