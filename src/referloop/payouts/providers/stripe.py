@@ -408,14 +408,6 @@ class StripeConnectProvider:
                 return dict(transfer)
         return None
 
-    async def _reversal(self, transfer_id: str, *, idempotency_key: str, reference: str) -> None:
-        # One key per attempt: an attempt's transfer is reversed once, whichever step asks.
-        await self._post(
-            f"/v1/transfers/{transfer_id}/reversals",
-            {"metadata": {REFERENCE_KEY: reference}},
-            key=f"{idempotency_key}-reversal",
-        )
-
     async def reclaim_returned(self, payout: ProviderPayout, *, idempotency_key: str, reference: str) -> None:
         """A connected account's payout that failed (even days after `paid`) or was cancelled puts
         the money back on that account's Stripe balance, not ours: reverse the transfer that funded
@@ -470,7 +462,7 @@ class StripeConnectProvider:
     ) -> None:
         """Take the money back from the connected account after its payout was refused."""
         try:
-            await self._reversal(
+            await self._reverse_unless_reversed(
                 transfer["id"], idempotency_key=request.idempotency_key, reference=request.reference
             )
         except PayoutProviderError as exc:
