@@ -54,6 +54,31 @@ def _snapshot(d: Dispute) -> dict[str, object]:
     }
 
 
+async def _audit(
+    session: AsyncSession,
+    dispute: Dispute,
+    action: str,
+    actor_id: uuid.UUID,
+    ctx: RequestContext,
+    *,
+    before: dict[str, object] | None = None,
+    after: dict[str, object] | None = None,
+    staff: bool = False,
+) -> None:
+    """One audit row for a change of `dispute` (its state now, unless `after` says otherwise)."""
+    await audit.record(
+        session,
+        action=action,
+        actor_id=actor_id,
+        actor_type="staff" if staff else "member",
+        target_type="dispute",
+        target_id=dispute.id,
+        before=before,
+        after=after if after is not None else _snapshot(dispute),
+        ctx=ctx,
+    )
+
+
 async def open_dispute(
     session: AsyncSession,
     member_id: uuid.UUID,
@@ -105,15 +130,7 @@ async def open_dispute(
     )
     session.add(message)
     await session.flush()
-    await audit.record(
-        session,
-        action="dispute.opened",
-        actor_id=member_id,
-        target_type="dispute",
-        target_id=dispute.id,
-        after=_snapshot(dispute),
-        ctx=ctx,
-    )
+    await _audit(session, dispute, "dispute.opened", member_id, ctx)
     await enqueue(session, "disputes.opened", {"dispute_id": str(dispute.id), "member_id": str(member_id)})
     return dispute, [message]
 
@@ -240,16 +257,7 @@ async def member_reply(
     dispute.state = DisputeState.open.value
     dispute.last_message_at = now
     if before["state"] != dispute.state:  # the member answered support: back in support's queue
-        await audit.record(
-            session,
-            action="dispute.member_replied",
-            actor_id=member_id,
-            target_type="dispute",
-            target_id=dispute.id,
-            before=before,
-            after=_snapshot(dispute),
-            ctx=ctx,
-        )
+        await _audit(session, dispute, "dispute.member_replied", member_id, ctx, before=before)
         await enqueue(
             session,
             "disputes.member_replied",
@@ -290,17 +298,7 @@ async def staff_reply(
         dispute.last_message_at = now
         if dispute.first_response_at is None:
             dispute.first_response_at = now
-        await audit.record(
-            session,
-            action="dispute.replied",
-            actor_id=actor.user_id,
-            actor_type="staff",
-            target_type="dispute",
-            target_id=dispute.id,
-            before=before,
-            after=_snapshot(dispute),
-            ctx=ctx,
-        )
+        await _audit(session, dispute, "dispute.replied", actor.user_id, ctx, before=before, staff=True)
         await enqueue(
             session, "disputes.replied", {"dispute_id": str(dispute.id), "member_id": str(dispute.member_id)}
         )
@@ -326,17 +324,7 @@ async def assign(
             raise InvalidInput("Disputes are assigned to staff members only.")
     before = _snapshot(dispute)
     dispute.assignee_id = assignee_id
-    await audit.record(
-        session,
-        action="dispute.assigned",
-        actor_id=actor.user_id,
-        actor_type="staff",
-        target_type="dispute",
-        target_id=dispute.id,
-        before=before,
-        after=_snapshot(dispute),
-        ctx=ctx,
-    )
+    await _audit(session, dispute, "dispute.assigned", actor.user_id, ctx, before=before, staff=True)
     await session.flush()
     return dispute
 
@@ -380,16 +368,8 @@ async def resolve(
         )
     )
     after = {**_snapshot(dispute), "adjustment": data.adjustment.model_dump() if data.adjustment else None}
-    await audit.record(
-        session,
-        action="dispute.resolved",
-        actor_id=actor.user_id,
-        actor_type="staff",
-        target_type="dispute",
-        target_id=dispute.id,
-        before=before,
-        after=after,
-        ctx=ctx,
+    await _audit(
+        session, dispute, "dispute.resolved", actor.user_id, ctx, before=before, after=after, staff=True
     )
     await enqueue(
         session,
@@ -411,15 +391,6 @@ async def withdraw(
     dispute.outcome = Outcome.withdrawn.value
     dispute.resolved_at = utcnow()
     dispute.resolved_by = member_id
-    await audit.record(
-        session,
-        action="dispute.withdrawn",
-        actor_id=member_id,
-        target_type="dispute",
-        target_id=dispute.id,
-        before=before,
-        after=_snapshot(dispute),
-        ctx=ctx,
-    )
+    await _audit(session, dispute, "dispute.withdrawn", member_id, ctx, before=before)
     await session.flush()
     return dispute
