@@ -65,3 +65,36 @@ def test_results_carry_both_ratios_and_the_hot_account_beside_them() -> None:
     assert "| POST /v1/withdrawals (HTTP) | 250.0 | 50.00 | 90.00 | 0.25 |" in section
     assert "hot account: all into `adjustments` (one row)" in section
     assert "withdrawals\n>= 30% (MISSED)" in section
+
+
+def test_ceilings_are_the_cores_over_postgres_cpu_with_and_without_the_http_floor() -> None:
+    runs = {
+        "pgbench_tpcb": {"tps": 2000.0, "cpu_ms_per_txn": {"machine_ms": 1.0, "postgres_ms": 0.8}},
+        "postings": {"tps": 700.0, "cpu_ms_per_txn": {"machine_ms": 2.8, "postgres_ms": 1.0}},
+        "withdrawals": {"tps": 100.0, "cpu_ms_per_txn": {"machine_ms": 20.0, "postgres_ms": 2.5}},
+        "hot_sharded": {"tps": 600.0},
+        "hot_single": {"tps": 300.0},
+        "http_floor": {"rps": 3000.0, "server_cpu_ms_per_request": 0.5},
+    }
+    machine = {
+        "cpu_model": "cpu",
+        "cores": 2,
+        "ram_gib": 4.0,
+        "kernel": "6",
+        "os": "Debian",
+        "python": "3.11",
+        "postgresql": "15",
+    }
+    doc = bench_ledger.results_document(runs, machine, bench_ledger.Plan(10, 1, 1), 100.0, 0, 1.0)
+    # 2 cores / 1.0 ms = 2,000 entries/s = 1.0 of pgbench; 2 / 2.5 ms = 800/s = 0.4; 2 / 3.0 ms = 667/s
+    assert doc["ceilings_if_only_postgres_cost"] == {
+        "postings_vs_pgbench_tps": 1.0,
+        "withdrawals_vs_pgbench_tps": 0.4,
+        "withdrawals_with_a_bare_302_vs_pgbench_tps": 0.333,
+    }
+    section = bench_ledger.markdown_section(doc)
+    assert "a bare 302: 0.500 ms" in section and "at most 0.33" in section
+    # Without the split (a database on another host) there is no ceiling, rather than a wrong one.
+    runs["withdrawals"]["cpu_ms_per_txn"]["postgres_ms"] = None
+    doc = bench_ledger.results_document(runs, machine, bench_ledger.Plan(10, 1, 1), 100.0, 0, 1.0)
+    assert doc["ceilings_if_only_postgres_cost"]["withdrawals_vs_pgbench_tps"] is None
