@@ -76,6 +76,11 @@ def test_a_rate_limit_that_is_not_one_refuses_to_start(setting: str) -> None:
     )
 
 
+def test_production_refuses_a_fault_injection_point() -> None:
+    with pytest.raises(ValidationError, match="REFERLOOP_FAULT_INJECT"):
+        Settings(env="production", **SERVICES, **SECRETS, fault_inject="payouts.after_provider_call")
+
+
 def test_production_also_needs_its_services() -> None:
     with pytest.raises(ValidationError, match="REFERLOOP_DATABASE_URL, REFERLOOP_REDIS_URL"):
         Settings.model_validate({"env": "production", **SECRETS})

@@ -414,6 +414,11 @@ class Settings(BaseSettings):
     def _production_delivers_for_real(self) -> Settings:
         if self.env is not Environment.production:
             return self
+        if self.fault_inject:
+            # A crash-test hook: in production it would kill the worker at a payout, every time.
+            raise ValueError(
+                "env=production refuses to start with REFERLOOP_FAULT_INJECT set (crash tests only)"
+            )
         if self.email_backend is EmailBackend.file:
             raise ValueError(
                 "env=production refuses to start with REFERLOOP_EMAIL_BACKEND=file (it writes every "
