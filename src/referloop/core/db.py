@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, NewType
 
-from sqlalchemy import DateTime, MetaData, func
+from sqlalchemy import DateTime, MetaData, func, text
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -176,6 +176,16 @@ class _TracedDriver:
 
     async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
         return await self._run("fetchval", query, *args, **kwargs)
+
+
+_LOCK_BY_NAME = text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))")
+
+
+async def lock_by_name(session: AsyncSession, name: str) -> None:
+    """Take the transaction-scoped advisory lock named `name` (held until commit or rollback): what
+    serialises work no row lock covers, such as a limit counted over rows that do not exist yet.
+    `run_idempotent(lock=name)` takes the same lock in the statement that claims its key."""
+    await session.execute(_LOCK_BY_NAME, {"name": name})
 
 
 async def raw_connection(session: AsyncSession) -> Any:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.compliance import audit
 from referloop.core.context import RequestContext
-from referloop.core.db import utcnow
+from referloop.core.db import lock_by_name, utcnow
 from referloop.core.errors import Forbidden, InvalidInput, NotFound
 from referloop.core.ids import uuid7
 from referloop.core.outbox import enqueue
@@ -90,9 +90,7 @@ async def open_dispute(
     """`member_locked`: the caller already holds `member_lock_key(member_id)` (POST /v1/disputes
     takes it in the statement that claims its Idempotency-Key)."""
     if not member_locked:
-        await session.execute(
-            select(func.pg_advisory_xact_lock(func.hashtextextended(member_lock_key(member_id), 0)))
-        )
+        await lock_by_name(session, member_lock_key(member_id))
     if data.subject_id is not None and not await subjects.member_owns(
         session, data.subject_type, member_id, data.subject_id
     ):

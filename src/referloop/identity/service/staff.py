@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.compliance import audit
 from referloop.core.context import RequestContext
+from referloop.core.db import lock_by_name
 from referloop.core.errors import Conflict
 from referloop.core.pagination import paginate_by_id_desc, split_page
 from referloop.identity.errors import InsufficientRole, refuse_own_case
@@ -61,7 +62,7 @@ async def change_role(
 ) -> User:
     if user_id == actor.user_id:
         raise Conflict("You cannot change your own role; ask another admin.")
-    await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(_ROLES_LOCK, 0))))
+    await lock_by_name(session, _ROLES_LOCK)
     user = await get_user(session, user_id, for_update=True)
     if user.role == Role.admin.value and role is not Role.admin:
         other_admins = await session.scalar(

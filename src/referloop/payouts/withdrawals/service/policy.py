@@ -6,10 +6,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, literal_column, select, text
+from sqlalchemy import bindparam, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from referloop.config import PayoutProviderName, Settings, WithdrawalPolicy
+from referloop.core.db import lock_by_name
 from referloop.payouts.withdrawals.errors import (
     AboveMaximum,
     BelowMinimum,
@@ -95,9 +96,7 @@ async def lock_member_withdrawals(session: AsyncSession, member_id: uuid.UUID) -
     """Serialise one member's withdrawal requests until commit, so that two requests at once cannot
     both pass the daily limit. Other members are not affected. (POST /v1/withdrawals takes this lock
     in the statement that claims its Idempotency-Key instead: `run_idempotent(lock=...)`.)"""
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": member_lock_key(member_id)}
-    )
+    await lock_by_name(session, member_lock_key(member_id))
 
 
 # Made once: a statement object keeps the cache key SQLAlchemy computed for it, and the states are

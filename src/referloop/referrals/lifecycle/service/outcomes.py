@@ -153,10 +153,7 @@ def parse_click(value: str | None) -> uuid.UUID | None:
         return None
 
 
-_LOCK_BY_NAME = text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))")
-
-
-# The same lock as `lock_click`, for many clicks in one round trip, taken in click order.
+# One advisory lock per click (`lock_by_name`'s kind), taken in click order in one round trip.
 _LOCK_CLICKS = text(
     "SELECT count(pg_advisory_xact_lock(hashtextextended('referrals.click:' || CAST(c AS text), 0)))"
     " FROM (SELECT c FROM unnest(CAST(:clicks AS uuid[])) AS u(c) ORDER BY c) AS ordered"
@@ -172,7 +169,7 @@ async def lock_click(session: AsyncSession, click_id: uuid.UUID) -> None:
     """Serialise, until the transaction ends, whatever may make or adopt the referral of one click
     (partner reports naming it, the sign-up it attributed). Not a unique index on `click_id`: a
     sign-up gives its click to every invitation it takes over, so referrals may share one."""
-    await session.execute(_LOCK_BY_NAME, {"k": f"referrals.click:{click_id}"})
+    await lock_clicks(session, [click_id])
 
 
 async def _find(session: AsyncSession, rt: Runtime, report: OutcomeReport) -> Referral | None:
