@@ -128,3 +128,27 @@ async def run_idempotent(
 
 def member_scope(name: str, member_id: uuid.UUID) -> str:
     return f"{name}:{member_id}"
+
+
+async def run_idempotent_for(
+    session: AsyncSession,
+    request: Request,
+    user_id: uuid.UUID,
+    name: str,
+    key: str,
+    body: BaseModel,
+    handler: Callable[[], Awaitable[tuple[int, BaseModel]]],
+    *,
+    lock: str | None = None,
+) -> JSONResponse:
+    """`run_idempotent` for one user's POST: keys are scoped to `name` and the user, and the
+    fingerprint is the request's method, path and body (a retry with the same key and body answers
+    the first result; another body with the same key is refused)."""
+    return await run_idempotent(
+        session,
+        scope=member_scope(name, user_id),
+        key=key,
+        fingerprint=request_fingerprint(request, body),
+        handler=handler,
+        lock=lock,
+    )

@@ -12,9 +12,7 @@ from referloop.core.deps import ContextDep, ReadSession, WriteSession
 from referloop.core.errors import problem_responses
 from referloop.core.idempotency import (
     idempotency_key_header,
-    member_scope,
-    request_fingerprint,
-    run_idempotent,
+    run_idempotent_for,
 )
 from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from referloop.disputes import service
@@ -118,12 +116,14 @@ async def open_dispute(
         return 201, _member_detail(dispute, messages)
 
     # The member's dispute lock is taken in the statement that claims the key: one round trip.
-    return await run_idempotent(
+    return await run_idempotent_for(
         session,
-        scope=member_scope("disputes", principal.user_id),
-        key=idempotency_key,
-        fingerprint=request_fingerprint(request, body),
-        handler=handler,
+        request,
+        principal.user_id,
+        "disputes",
+        idempotency_key,
+        body,
+        handler,
         lock=service.member_lock_key(principal.user_id),
     )
 
@@ -172,12 +172,8 @@ async def add_message(
             await service.member_reply(session, principal.user_id, dispute_id, body.body, ctx)
         )
 
-    return await run_idempotent(
-        session,
-        scope=member_scope("dispute_messages", principal.user_id),
-        key=idempotency_key,
-        fingerprint=request_fingerprint(request, body),
-        handler=handler,
+    return await run_idempotent_for(
+        session, request, principal.user_id, "dispute_messages", idempotency_key, body, handler
     )
 
 
@@ -260,12 +256,8 @@ async def staff_message(
             await service.staff_reply(session, actor, dispute_id, body.body, body.internal, ctx)
         )
 
-    return await run_idempotent(
-        session,
-        scope=member_scope("staff_dispute_messages", actor.user_id),
-        key=idempotency_key,
-        fingerprint=request_fingerprint(request, body),
-        handler=handler,
+    return await run_idempotent_for(
+        session, request, actor.user_id, "staff_dispute_messages", idempotency_key, body, handler
     )
 
 
@@ -289,10 +281,6 @@ async def staff_resolve(
         resolved = await service.resolve(session, actor, dispute_id, body, ctx)
         return 200, StaffDisputeOut.model_validate(_staff_fields(resolved))
 
-    return await run_idempotent(
-        session,
-        scope=member_scope("dispute_resolutions", actor.user_id),
-        key=idempotency_key,
-        fingerprint=request_fingerprint(request, body),
-        handler=handler,
+    return await run_idempotent_for(
+        session, request, actor.user_id, "dispute_resolutions", idempotency_key, body, handler
     )

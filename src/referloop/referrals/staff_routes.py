@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
-from referloop.core.db import AsyncWriteSession
 from referloop.core.deps import ContextDep, ReadSession, RuntimeDep, WriteSession
 from referloop.core.errors import problem_responses
 from referloop.core.idempotency import (
     idempotency_key_header,
-    member_scope,
-    request_fingerprint,
-    run_idempotent,
+    run_idempotent_for,
 )
 from referloop.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from referloop.identity.deps import AdminStaff
-from referloop.identity.service.sessions import Principal
 from referloop.referrals.models import Campaign, CampaignState, Program, University
 from referloop.referrals.routes import program_out, vanity_out
 from referloop.referrals.schemas import (
@@ -44,26 +38,6 @@ router = APIRouter(prefix="/v1/staff", tags=["staff: referrals"], responses=prob
 
 Cursor = Annotated[str | None, Query(max_length=300, pattern=r"^[A-Za-z0-9_-]+$")]
 IdempotencyKey = Annotated[str, Depends(idempotency_key_header)]
-
-
-async def _idempotent(
-    session: AsyncWriteSession,
-    request: Request,
-    actor: Principal,
-    name: str,
-    key: str,
-    body: BaseModel,
-    handler: Callable[[], Awaitable[tuple[int, BaseModel]]],
-) -> JSONResponse:
-    """A retried create or move (same Idempotency-Key and body) answers the first result instead of a
-    409 or a second row."""
-    return await run_idempotent(
-        session,
-        scope=member_scope(name, actor.user_id),
-        key=key,
-        fingerprint=request_fingerprint(request, body),
-        handler=handler,
-    )
 
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
@@ -145,8 +119,8 @@ async def create_university(
     async def handler() -> tuple[int, UniversityOut]:
         return 201, university_out(await catalogue.create_university(session, actor, body, ctx))
 
-    return await _idempotent(
-        session, request, actor, "referrals.universities", idempotency_key, body, handler
+    return await run_idempotent_for(
+        session, request, actor.user_id, "referrals.universities", idempotency_key, body, handler
     )
 
 
@@ -194,7 +168,9 @@ async def create_program(
     async def handler() -> tuple[int, StaffProgramOut]:
         return 201, staff_program_out(*await catalogue.create_program(session, actor, body, ctx))
 
-    return await _idempotent(session, request, actor, "referrals.programs", idempotency_key, body, handler)
+    return await run_idempotent_for(
+        session, request, actor.user_id, "referrals.programs", idempotency_key, body, handler
+    )
 
 
 @router.get("/programs/{program_id}", response_model=StaffProgramOut, responses=problem_responses(404))
@@ -263,7 +239,9 @@ async def create_campaign(
     async def handler() -> tuple[int, CampaignOut]:
         return 201, campaign_out(*await campaigns.create_campaign(session, rt, actor, body, ctx))
 
-    return await _idempotent(session, request, actor, "referrals.campaigns", idempotency_key, body, handler)
+    return await run_idempotent_for(
+        session, request, actor.user_id, "referrals.campaigns", idempotency_key, body, handler
+    )
 
 
 @router.get("/campaigns/{campaign_id}", response_model=CampaignOut, responses=problem_responses(404))
@@ -308,8 +286,8 @@ async def change_campaign_state(
         moved = await campaigns.transition_campaign(session, rt, actor, campaign_id, body.state, ctx)
         return 200, campaign_out(*moved)
 
-    return await _idempotent(
-        session, request, actor, "referrals.campaign_state", idempotency_key, body, handler
+    return await run_idempotent_for(
+        session, request, actor.user_id, "referrals.campaign_state", idempotency_key, body, handler
     )
 
 
