@@ -86,24 +86,32 @@ def test_production_also_needs_its_services() -> None:
         Settings.model_validate({"env": "production", **SECRETS})
 
 
-def test_the_command_refuses_to_start_and_names_the_setting(tmp_path: Path) -> None:
+def run_production_command(
+    tmp_path: Path, command: list[str], **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """`referloop <command>` in production with unreachable services and the given REFERLOOP_*."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "REFERLOOP_ENV": "production",
         "REFERLOOP_DATABASE_URL": "postgresql://root@127.0.0.1:1/none",
         "REFERLOOP_REDIS_URL": "redis://127.0.0.1:1",
         "REFERLOOP_FIELD_ENCRYPTION_KEYS": TEST_FIELD_ENCRYPTION_KEYS,
+        **settings,
     }
+    return subprocess.run(
+        [sys.executable, "-m", "referloop", *command],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_command_refuses_to_start_and_names_the_setting(tmp_path: Path) -> None:
     for command in (["migrate"], ["worker"], ["serve", "--port", "1"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "referloop", *command],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_production_command(tmp_path, command)
         assert result.returncode == 2, (command, result.stdout, result.stderr)
         assert "refuses to start without REFERLOOP_JWT_PRIVATE_KEYS" in result.stderr
         assert "Traceback" not in result.stderr
@@ -144,23 +152,11 @@ def test_production_sends_email_by_smtp_and_refuses_the_file_sink() -> None:
 
 
 def test_the_production_command_refuses_the_file_email_backend(tmp_path: Path) -> None:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "REFERLOOP_ENV": "production",
-        "REFERLOOP_DATABASE_URL": "postgresql://root@127.0.0.1:1/none",
-        "REFERLOOP_REDIS_URL": "redis://127.0.0.1:1",
-        "REFERLOOP_FIELD_ENCRYPTION_KEYS": TEST_FIELD_ENCRYPTION_KEYS,
-        "REFERLOOP_JWT_PRIVATE_KEYS": json.dumps([TEST_JWT_PRIVATE_KEY]),
-        "REFERLOOP_EMAIL_BACKEND": "file",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "referloop", "migrate"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = run_production_command(
+        tmp_path,
+        ["migrate"],
+        REFERLOOP_JWT_PRIVATE_KEYS=json.dumps([TEST_JWT_PRIVATE_KEY]),
+        REFERLOOP_EMAIL_BACKEND="file",
     )
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "refuses to start with REFERLOOP_EMAIL_BACKEND=file" in result.stderr

@@ -9,6 +9,16 @@ from pathlib import Path
 
 from bench import ledger as bench_ledger
 
+MACHINE = {
+    "cpu_model": "cpu",
+    "cores": 2,
+    "ram_gib": 4.0,
+    "kernel": "6",
+    "os": "Debian",
+    "python": "3.11",
+    "postgresql": "15",
+}
+
 
 def test_each_withdrawal_request_carries_a_fresh_key_the_token_and_the_method(tmp_path: Path) -> None:
     methods = [
@@ -43,18 +53,9 @@ def test_results_carry_both_ratios_and_the_hot_account_beside_them() -> None:
         "hot_sharded": {"tps": 550.0, "p50_ms": 22.0, "p99_ms": 45.0},
         "hot_single": {"tps": 200.0, "p50_ms": 70.0, "p99_ms": 300.0},
     }
-    machine = {
-        "cpu_model": "cpu",
-        "cores": 2,
-        "ram_gib": 4.0,
-        "kernel": "6",
-        "os": "Debian",
-        "python": "3.11",
-        "postgresql": "15",
-    }
     plan = bench_ledger.Plan(members=10, duration_s=1, warmup_s=1)
 
-    doc = bench_ledger.results_document(runs, machine, plan, 100.0, 0, 1.0)
+    doc = bench_ledger.results_document(runs, MACHINE, plan, 100.0, 0, 1.0)
 
     assert doc["ratios"]["postings_vs_pgbench_tps"] == 0.6
     assert doc["ratios"]["withdrawals_vs_pgbench_tps"] == 0.25
@@ -76,16 +77,7 @@ def test_ceilings_are_the_cores_over_postgres_cpu_with_and_without_the_http_floo
         "hot_single": {"tps": 300.0},
         "http_floor": {"rps": 3000.0, "server_cpu_ms_per_request": 0.5},
     }
-    machine = {
-        "cpu_model": "cpu",
-        "cores": 2,
-        "ram_gib": 4.0,
-        "kernel": "6",
-        "os": "Debian",
-        "python": "3.11",
-        "postgresql": "15",
-    }
-    doc = bench_ledger.results_document(runs, machine, bench_ledger.Plan(10, 1, 1), 100.0, 0, 1.0)
+    doc = bench_ledger.results_document(runs, MACHINE, bench_ledger.Plan(10, 1, 1), 100.0, 0, 1.0)
     # 2 cores / 1.0 ms = 2,000 entries/s = 1.0 of pgbench; 2 / 2.5 ms = 800/s = 0.4; 2 / 3.0 ms = 667/s
     assert doc["ceilings_if_only_postgres_cost"] == {
         "postings_vs_pgbench_tps": 1.0,
@@ -96,5 +88,5 @@ def test_ceilings_are_the_cores_over_postgres_cpu_with_and_without_the_http_floo
     assert "a bare 302: 0.500 ms" in section and "at most 0.33" in section
     # Without the split (a database on another host) there is no ceiling, rather than a wrong one.
     runs["withdrawals"]["cpu_ms_per_txn"]["postgres_ms"] = None
-    doc = bench_ledger.results_document(runs, machine, bench_ledger.Plan(10, 1, 1), 100.0, 0, 1.0)
+    doc = bench_ledger.results_document(runs, MACHINE, bench_ledger.Plan(10, 1, 1), 100.0, 0, 1.0)
     assert doc["ceilings_if_only_postgres_cost"]["withdrawals_vs_pgbench_tps"] is None
